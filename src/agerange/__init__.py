@@ -1,0 +1,3 @@
+"""agerange: predict a person's age range from a face photo."""
+
+__version__ = "0.1.0"

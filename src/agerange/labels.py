@@ -1,0 +1,130 @@
+"""Labels: parse them from file names and map ages to the ten age groups.
+
+This module is the only place the age-group edges live. Everything else (ingest,
+rebalance, training, evaluation, predict, drift) calls `age_to_group`.
+"""
+
+import math
+import re
+from dataclasses import dataclass
+
+# (name, lowest age, highest age); the last group is open-ended.
+AGE_GROUPS: tuple[tuple[str, int, int | None], ...] = (
+    ("Baby", 0, 1),
+    ("Toddler", 2, 3),
+    ("Child", 4, 8),
+    ("Adolescent", 9, 13),
+    ("Teenager", 14, 18),
+    ("Young Adult", 19, 24),
+    ("Adult", 25, 34),
+    ("Mature Adult", 35, 44),
+    ("Middle Age", 45, 58),
+    ("Senior", 59, None),
+)
+GROUP_NAMES: tuple[str, ...] = tuple(name for name, _, _ in AGE_GROUPS)
+ETHNICITIES: tuple[str, ...] = ("White", "Black", "Asian", "Indian", "Others")
+GENDERS: tuple[str, ...] = ("Male", "Female")
+
+# UTKFace: [age]_[gender]_[race]_[date&time].jpg.chip.jpg (the date has 16-18 digits in practice)
+_UTKFACE = re.compile(
+    r"^(?P<age>\d{1,3})_(?P<gender>[01])_(?P<race>[0-4])_(?P<date>\d{8,20})\.jpg\.chip\.jpg$"
+)
+# IMDB-WIKI: nm[id]_rm[id]_[birth YYYY-M-D]_[photo year].jpg (month and day may be unpadded)
+_IMDB_WIKI = re.compile(
+    r"^nm\d+_rm\d+_(?P<birth>\d{4})-(?P<month>\d{1,2})-(?P<day>\d{1,2})_(?P<taken>\d{4})\.jpg$"
+)
+
+
+class LabelError(ValueError):
+    """A file name from which no label can be read."""
+
+
+@dataclass(frozen=True)
+class Label:
+    """What a file name tells about the face in it."""
+
+    age: int
+    gender: int | None  # index into GENDERS; None when the source does not say
+    ethnicity: int | None  # index into ETHNICITIES; None when the source does not say
+    source: str  # "utkface" or "imdb_wiki"
+
+
+def age_to_group(age: float) -> int:
+    """Index of the age group (0 = Baby ... 9 = Senior) that `age` in years falls in.
+
+    Fractional ages (an expected age from a model) round to the nearest year first.
+    """
+    years = math.floor(age + 0.5)  # half up, unlike round(), so 18.5 is 19
+    if years < 0:
+        raise ValueError(f"age {age} is negative")
+    for index, (_, _, highest) in enumerate(AGE_GROUPS):
+        if highest is None or years <= highest:
+            return index
+    raise AssertionError("unreachable: the last group is open-ended")
+
+
+def group_midpoints(senior_age: float = 70.0) -> tuple[float, ...]:
+    """A representative age per group, used to turn group probabilities into an expected age."""
+    return tuple(
+        (lowest + highest) / 2 if highest is not None else senior_age
+        for _, lowest, highest in AGE_GROUPS
+    )
+
+
+def parse_utkface_name(name: str) -> Label:
+    """Label from a UTKFace file name such as `26_1_3_20170117154736394.jpg.chip.jpg`."""
+    match = _UTKFACE.match(name)
+    if match is None:
+        raise LabelError(f"{name}: unparsable UTKFace name: {_utkface_defect(name)}")
+    return Label(
+        age=int(match["age"]),
+        gender=int(match["gender"]),
+        ethnicity=int(match["race"]),
+        source="utkface",
+    )
+
+
+def _utkface_defect(name: str) -> str:
+    """What is wrong with a name that does not match the UTKFace pattern (for the error message)."""
+    expected = "expected age_gender_race_datetime.jpg.chip.jpg"
+    if any(character.isspace() for character in name):
+        return f"contains whitespace ({expected})"
+    if not name.endswith(".jpg.chip.jpg"):
+        return f"does not end in '.jpg.chip.jpg' ({expected})"
+    fields = name.removesuffix(".jpg.chip.jpg").split("_")
+    if len(fields) != 4:
+        return f"{len(fields)} fields separated by '_' instead of 4 ({expected})"
+    return f"a field is out of its range: gender 0-1, race 0-4, digits only ({expected})"
+
+
+def parse_imdb_wiki_name(name: str) -> Label:
+    """Label from an IMDB-WIKI file name: age = photo year - birth year."""
+    match = _IMDB_WIKI.match(name)
+    if match is None:
+        raise LabelError(f"{name}: not an IMDB-WIKI name (expected nm.._rm.._YYYY-MM-DD_YYYY.jpg)")
+    if not (1 <= int(match["month"]) <= 12 and 1 <= int(match["day"]) <= 31):
+        raise LabelError(
+            f"{name}: birth date {match['birth']}-{match['month']}-{match['day']} is not a date"
+        )
+    age = int(match["taken"]) - int(match["birth"])
+    if age < 0:
+        raise LabelError(
+            f"{name}: photo year {match['taken']} is before birth year {match['birth']}"
+        )
+    return Label(age=age, gender=None, ethnicity=None, source="imdb_wiki")
+
+
+def parse_label(name: str) -> Label:
+    """Label from a file name of either supported source.
+
+    Raises:
+        LabelError: with a one-line message naming the file and why it does not parse.
+    """
+    if name.startswith("nm"):
+        return parse_imdb_wiki_name(name)
+    if name[:1].isdigit():
+        return parse_utkface_name(name)
+    raise LabelError(
+        f"{name}: unrecognised name (expected UTKFace age_gender_race_datetime.jpg.chip.jpg "
+        "or IMDB-WIKI nm.._rm.._YYYY-MM-DD_YYYY.jpg)"
+    )

@@ -1,0 +1,70 @@
+"""Shared fixtures: the real mini data set, tiny synthetic images, the project root."""
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("AGERANGE_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def mini_archive() -> Path:
+    """UTKFace-mini.tar from the local mirror (613 files, every known defect)."""
+    path = SHARED_DATA / "UTKFace-mini.tar"
+    assert path.is_file(), f"{path} missing: set AGERANGE_SHARED_DATA to the folder holding it"
+    return path
+
+
+@pytest.fixture(scope="session")
+def mini_ingested(mini_archive: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The mini set through the real ingest step: (images folder, metadata, quarantine)."""
+    from agerange.ingest import ingest
+
+    images = tmp_path_factory.mktemp("mini") / "images"
+    metadata, quarantine, _ = ingest(
+        archive=mini_archive,
+        images_dir=images,
+        trusted_sha256={"UTKFace-mini.tar": _trusted()["UTKFace-mini.tar"]},
+        min_age=1,
+        max_age=116,
+        workers=2,
+    )
+    return images, metadata, quarantine
+
+
+def _trusted() -> dict[str, str]:
+    import yaml
+
+    return yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["ingest"]["trusted_sha256"]
+
+
+def jpeg_bytes(size: int = 32, seed: int = 0, mode: str = "RGB") -> bytes:
+    """A small random-texture JPEG (different seeds give different bytes)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def make_tar(path: Path, files: dict[str, bytes], top: str = "faces") -> Path:
+    """A tar archive holding `files` (name -> bytes) under a top folder."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def metadata_frame(rows: list[dict]) -> pd.DataFrame:
+    """A metadata-like table with just the columns the split and rebalance steps use."""
+    return pd.DataFrame(rows)

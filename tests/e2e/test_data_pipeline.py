@@ -1,0 +1,112 @@
+"""End to end: `dvc repro` of the data stages on UTKFace-mini, in a throwaway copy of the repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+DATA_STAGES = ["ingest", "validate", "split", "rebalance"]
+
+
+def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        # Stage commands call `python`: make it this interpreter, which has the package installed.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=check)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, mini_archive: Path) -> Path:
+    """A git + DVC copy of the project whose data.dvc points at the mini archive (a one-line change)."""
+    root = tmp_path_factory.mktemp("repo") / "agerange"
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")  # fmt: skip
+    for relative in filter(None, listed):
+        source = PROJECT_ROOT / relative
+        if source.is_file():
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / relative)
+    data_dvc = root / "data.dvc"
+    lines = data_dvc.read_text().splitlines()
+    source_line = next(i for i, line in enumerate(lines) if line.startswith("- path:"))
+    lines[source_line] = f"- path: {mini_archive}"
+    data_dvc.write_text("\n".join(lines) + "\n")
+    (root / "dvc.lock").unlink(missing_ok=True)
+    _run(["git", "init", "-q"], cwd=root)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], cwd=root)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], cwd=root)
+    return root
+
+
+def test_repro_builds_validated_split_and_rebalanced_data(repo: Path):
+    result = _dvc("repro", *DATA_STAGES, cwd=repo)
+    assert "ingest: 613 files in, 600 images out, 13 quarantined" in result.stdout
+    assert "critical failures" in result.stdout and "0 critical failures" in result.stdout
+
+    ingest = json.loads((repo / "data/reports/ingest.json").read_text())
+    assert ingest["quarantine_by_reason"] == {"conflicting_duplicate": 8, "unparsable_name": 5}
+    quarantine = pd.read_csv(repo / "data/reports/quarantine.csv")
+    assert len(quarantine) == 13 and quarantine["detail"].notna().all()
+    assert json.loads((repo / "data/reports/validation.json").read_text())["success"] is True
+    assert (repo / "data/reports/data_docs/index.html").is_file()
+
+    splits = pd.read_parquet(repo / "data/splits.parquet")
+    assert (splits.groupby("sha256")["split"].nunique() == 1).all()
+    train = pd.read_parquet(repo / "data/train.parquet")
+    assert set(train["path"]) <= set(splits.loc[splits["split"] == "train", "path"])
+    for name in ["age_groups.csv", "ethnicities.csv", "rebalance.png"]:
+        assert (repo / "data/reports/rebalance" / name).stat().st_size > 0
+
+    metrics = _dvc("metrics", "show", "--json", cwd=repo).stdout
+    assert "images_out" in metrics and "critical_failures" in metrics
+    again = _dvc("repro", *DATA_STAGES, cwd=repo)
+    assert "Data and pipelines are up to date" in again.stdout
+
+
+def test_critical_expectation_stops_repro_and_names_it(repo: Path):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["validate"]["min_per_group"] = 1000
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        result = _dvc("repro", *DATA_STAGES, cwd=repo, check=False)
+        assert result.returncode != 0
+        assert "data quality check failed: critical: expect_column_values_to_be_between on column 'images'" in (
+            result.stderr
+        )
+    finally:
+        _run(["git", "checkout", "params.yaml"], cwd=repo)
+
+
+def test_wrong_checksum_fails_and_keeps_the_previous_outputs(repo: Path):
+    before = (repo / "data/metadata.parquet").read_bytes()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["ingest"]["trusted_sha256"] = {"UTKFace-mini.tar": "0" * 64}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        result = _dvc("repro", "ingest", cwd=repo, check=False)
+        assert result.returncode != 0
+        assert "wrong checksum" in result.stderr and "utkface.tar" in result.stderr
+        assert (repo / "data/metadata.parquet").read_bytes() == before
+    finally:
+        _run(["git", "checkout", "params.yaml"], cwd=repo)

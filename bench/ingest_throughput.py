@@ -37,7 +37,9 @@ def naive_describe(path: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--archive", type=Path, default=Path("../shared/data/UTKFace.tar"))
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images (0 = all)")
     parser.add_argument("--workers", type=int, default=0, help="project workers (0 = one per core)")
@@ -70,7 +72,9 @@ def main() -> None:
     print(f"| {'method':<40} | {'seconds':>8} | {'images/s':>9} | {'speed-up':>8} |")
     print(f"|{'-' * 42}|{'-' * 10}|{'-' * 11}|{'-' * 10}|")
     for name, seconds in rows:
-        print(f"| {name:<40} | {seconds:>8.2f} | {len(paths) / seconds:>9.0f} | {baseline / seconds:>7.2f}x |")
+        print(
+            f"| {name:<40} | {seconds:>8.2f} | {len(paths) / seconds:>9.0f} | {baseline / seconds:>7.2f}x |"
+        )
     print(f"\ntarget: at least 2x; measured {baseline / rows[1][1]:.2f}x")
 
 

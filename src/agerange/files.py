@@ -37,9 +37,7 @@ def verify_sha256(path: Path, trusted: dict[str, str]) -> str:
         if actual == expected.lower():
             return name
     known = ", ".join(f"{name} {value[:12]}..." for name, value in trusted.items())
-    raise ChecksumError(
-        f"{path}: wrong checksum: sha256 {actual} matches none of the trusted ones ({known})"
-    )
+    raise ChecksumError(f"{path}: wrong checksum: sha256 {actual} matches none of the trusted ones ({known})")
 
 
 @contextmanager

@@ -55,11 +55,7 @@ class Rejected:
 def unsafe_member_reason(member: tarfile.TarInfo) -> str | None:
     """Why extracting this tar member could harm the machine, or None when it is safe."""
     name = member.name
-    if (
-        name.startswith(("/", "\\"))
-        or PurePosixPath(name).is_absolute()
-        or ":" in name.split("/")[0]
-    ):
+    if name.startswith(("/", "\\")) or PurePosixPath(name).is_absolute() or ":" in name.split("/")[0]:
         return "absolute path"
     if ".." in PurePosixPath(name).parts:
         return "path escapes the target folder ('..')"
@@ -144,9 +140,7 @@ def image_quality(rgb: np.ndarray) -> dict[str, float]:
     """
     red, green, blue = (np.ascontiguousarray(rgb[..., channel]) for channel in range(3))
     grey = 0.299 * red + 0.587 * green + 0.114 * blue
-    laplacian = (
-        grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
-    )
+    laplacian = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
     channel_max = np.maximum(np.maximum(red, green), blue)
     channel_min = np.minimum(np.minimum(red, green), blue)
     saturation = (channel_max - channel_min) / np.maximum(channel_max, 1e-6)
@@ -265,9 +259,7 @@ def drop_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, list[Rejected]]:
             drop.extend(group.index)
         else:
             for path in paths[1:]:
-                rejected.append(
-                    Rejected(path, DUPLICATE, f"{path}: same image as {paths[0]}, kept once")
-                )
+                rejected.append(Rejected(path, DUPLICATE, f"{path}: same image as {paths[0]}, kept once"))
             drop.extend(group.index[1:])
     return table.drop(index=drop).reset_index(drop=True), rejected
 
@@ -275,14 +267,10 @@ def drop_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, list[Rejected]]:
 def quarantine_table(rejected: Iterable[Rejected]) -> pd.DataFrame:
     """The rejected files as a table, sorted for stable diffs."""
     table = pd.DataFrame([vars(item) for item in rejected], columns=QUARANTINE_COLUMNS)
-    return (
-        table.sort_values(["reason", "path"], kind="stable").reset_index(drop=True).astype("string")
-    )
+    return table.sort_values(["reason", "path"], kind="stable").reset_index(drop=True).astype("string")
 
 
-def summary(
-    metadata: pd.DataFrame, quarantine: pd.DataFrame, files_in: int, seconds: float
-) -> dict:
+def summary(metadata: pd.DataFrame, quarantine: pd.DataFrame, files_in: int, seconds: float) -> dict:
     """Counts in, out and per rejection reason, for the metrics file and the log."""
     return {
         "files_in": files_in,

@@ -66,8 +66,7 @@ def age_to_group(age: float) -> int:
 def group_midpoints(senior_age: float = 70.0) -> tuple[float, ...]:
     """A representative age per group, used to turn group probabilities into an expected age."""
     return tuple(
-        (lowest + highest) / 2 if highest is not None else senior_age
-        for _, lowest, highest in AGE_GROUPS
+        (lowest + highest) / 2 if highest is not None else senior_age for _, lowest, highest in AGE_GROUPS
     )
 
 
@@ -103,14 +102,10 @@ def parse_imdb_wiki_name(name: str) -> Label:
     if match is None:
         raise LabelError(f"{name}: not an IMDB-WIKI name (expected nm.._rm.._YYYY-MM-DD_YYYY.jpg)")
     if not (1 <= int(match["month"]) <= 12 and 1 <= int(match["day"]) <= 31):
-        raise LabelError(
-            f"{name}: birth date {match['birth']}-{match['month']}-{match['day']} is not a date"
-        )
+        raise LabelError(f"{name}: birth date {match['birth']}-{match['month']}-{match['day']} is not a date")
     age = int(match["taken"]) - int(match["birth"])
     if age < 0:
-        raise LabelError(
-            f"{name}: photo year {match['taken']} is before birth year {match['birth']}"
-        )
+        raise LabelError(f"{name}: photo year {match['taken']} is before birth year {match['birth']}")
     return Label(age=age, gender=None, ethnicity=None, source="imdb_wiki")
 
 

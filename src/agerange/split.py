@@ -23,7 +23,9 @@ def split_table(
     still contribute to validation and test where they can).
     """
     if not 0 < val_fraction + test_fraction < 1:
-        raise ValueError(f"val_fraction + test_fraction must be in (0, 1), got {val_fraction + test_fraction}")
+        raise ValueError(
+            f"val_fraction + test_fraction must be in (0, 1), got {val_fraction + test_fraction}"
+        )
     rng = np.random.default_rng(seed)
     ethnicity = metadata["ethnicity"].astype("Int64").fillna(-1)
     stratum = metadata["age_group"].astype("int64").astype(str) + "/" + ethnicity.astype(str)

@@ -126,7 +126,7 @@ def run_suites(
         )
     source = context.data_sources.add_pandas("tables")
     definitions = []
-    for name, (table, suite) in tables.items():
+    for name, (_table, suite) in tables.items():
         batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(name)
         suite = context.suites.add(suite)
         definitions.append(
@@ -137,7 +137,9 @@ def run_suites(
         # One checkpoint per table: a checkpoint passes the same dataframe to all its definitions.
         actions = [gx.checkpoint.UpdateDataDocsAction(name="docs")] if docs_dir is not None else []
         checkpoint = context.checkpoints.add(
-            gx.Checkpoint(name=f"check_{definition.name}", validation_definitions=[definition], actions=actions)
+            gx.Checkpoint(
+                name=f"check_{definition.name}", validation_definitions=[definition], actions=actions
+            )
         )
         result = checkpoint.run(batch_parameters={"dataframe": tables[definition.name][0]})
         for validation in result.run_results.values():

@@ -28,6 +28,7 @@ def _malicious_tar(path: Path) -> Path:
     """An archive mixing one good image with every kind of member that must never be extracted."""
     good = jpeg_bytes(seed=1)
     with tarfile.open(path, "w") as tar:
+
         def add(name: str, data: bytes = b"x", **fields) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data) if fields.get("type", tarfile.REGTYPE) == tarfile.REGTYPE else 0
@@ -146,7 +147,9 @@ def test_an_existing_output_survives_a_failed_ingest(tmp_path):
     assert (tmp_path / "images" / "faces" / "30_0_0_1.jpg.chip.jpg").is_file()
 
 
-@pytest.mark.parametrize(("content", "message"), [(None, "archive not found"), (b"not a tar", "not a readable tar")])
+@pytest.mark.parametrize(
+    ("content", "message"), [(None, "archive not found"), (b"not a tar", "not a readable tar")]
+)
 def test_missing_or_unreadable_archive(tmp_path, content, message):
     archive = tmp_path / "data.tar"
     if content is not None:

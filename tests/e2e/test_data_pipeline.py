@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -91,8 +92,9 @@ def test_critical_expectation_stops_repro_and_names_it(repo: Path):
     try:
         result = _dvc("repro", *DATA_STAGES, cwd=repo, check=False)
         assert result.returncode != 0
-        assert "data quality check failed: critical: expect_column_values_to_be_between on column 'images'" in (
-            result.stderr
+        assert (
+            "data quality check failed: critical: expect_column_values_to_be_between on column 'images'"
+            in (result.stderr)
         )
     finally:
         _run(["git", "checkout", "params.yaml"], cwd=repo)
@@ -110,3 +112,54 @@ def test_wrong_checksum_fails_and_keeps_the_previous_outputs(repo: Path):
         assert (repo / "data/metadata.parquet").read_bytes() == before
     finally:
         _run(["git", "checkout", "params.yaml"], cwd=repo)
+
+
+TINY_TRAIN = {
+    "image_size": 48, "unfreeze_layers": 20, "head_epochs": 2, "finetune_epochs": 2,
+    "batch_size": 32, "head_learning_rate": 0.003, "finetune_learning_rate": 0.0003,
+}  # fmt: skip
+
+
+def test_train_and_evaluate_are_tracked_in_mlflow(repo: Path):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"].update(TINY_TRAIN)
+    params["train"]["weights_dir"] = str(PROJECT_ROOT.parent / "shared" / "weights")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = _dvc("repro", "evaluate", cwd=repo)
+    assert "train:" in result.stdout and "evaluate: test split" in result.stdout
+
+    evaluation = json.loads((repo / "data/reports/evaluation.json").read_text())
+    for side in ("val", "test"):
+        assert {"accuracy", "within_one", "mae_years", "macro_f1", "ece"} <= set(evaluation[side])
+    for name in ("confusion_matrix.png", "worst_mistakes.png", "calibration.png", "off_by_n.csv",
+                 "accuracy_by_ethnicity.csv", "accuracy_by_gender.csv", "confusion.csv"):  # fmt: skip
+        assert (repo / "data/reports/evaluation" / name).stat().st_size > 0
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from agerange import tracking
+
+    reference = json.loads((repo / "data/model/run.json").read_text())
+    mlflow.set_tracking_uri(tracking.store_uri(repo / "mlruns"))
+    client = MlflowClient()
+    run = client.get_run(reference["run_id"])
+    assert run.data.params["train.backbone"] == "mobilenet_v2"
+    assert run.data.params["train.image_size"] == "48"
+    assert run.data.tags["git_commit"] != "unknown"
+    assert any(key.startswith("data.data/") for key in run.data.tags)
+    assert {"best_val_accuracy", "test_accuracy", "test_within_one", "val_accuracy", "test_ece"} <= set(
+        run.data.metrics
+    )
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2, 3, 4]  # both phases, one point per epoch
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in artifacts and "evaluation/worst_mistakes.png" in artifacts
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "val"}
+
+    # The logged model loads without the training code's help and predicts probabilities.
+    model = tracking.load_keras_model(reference["model_uri"])
+    info = tracking.load_model_info(reference["model_uri"])
+    assert info["image_size"] == 48 and len(info["class_names"]) == 10
+    probabilities = np.asarray(model(np.zeros((2, 48, 48, 3), dtype="float32")))
+    assert probabilities.shape == (2, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)

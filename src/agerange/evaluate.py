@@ -1,0 +1,260 @@
+"""Evaluation: accuracy, within-one, MAE, macro-F1, confusion, calibration, fairness gaps, figures."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agerange.inference import decode_probabilities
+from agerange.labels import ETHNICITIES, GENDERS, GROUP_NAMES
+
+
+def classification_metrics(
+    groups: np.ndarray, probabilities: np.ndarray, ages: np.ndarray
+) -> dict[str, float]:
+    """Headline metrics of predicted group probabilities against true groups and ages.
+
+    Returns:
+        accuracy (exact group), within_one (at most one group away), mae_years (expected age
+        against true age), macro_f1, ece (expected calibration error, 10 bins), n.
+    """
+    groups = np.asarray(groups)
+    predicted, expected_age = decode_probabilities(probabilities)
+    distance = np.abs(predicted - groups)
+    return {
+        "accuracy": float((distance == 0).mean()),
+        "within_one": float((distance <= 1).mean()),
+        "mae_years": float(np.abs(expected_age - np.asarray(ages, dtype=np.float32)).mean()),
+        "macro_f1": macro_f1(groups, predicted),
+        "ece": expected_calibration_error(groups, probabilities),
+        "n": int(len(groups)),
+    }
+
+
+def macro_f1(groups: np.ndarray, predicted: np.ndarray, n_classes: int = len(GROUP_NAMES)) -> float:
+    """Unweighted mean of per-class F1 over the classes present in truth or prediction."""
+    scores = []
+    for label in range(n_classes):
+        true_positive = np.sum((predicted == label) & (groups == label))
+        false_positive = np.sum((predicted == label) & (groups != label))
+        false_negative = np.sum((predicted != label) & (groups == label))
+        if true_positive + false_positive + false_negative == 0:
+            continue
+        scores.append(2 * true_positive / (2 * true_positive + false_positive + false_negative))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def expected_calibration_error(groups: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
+    """Gap between confidence and accuracy, averaged over equal-width confidence bins."""
+    return float(
+        calibration_table(groups, probabilities, bins).eval("abs(confidence - accuracy) * share").sum()
+    )
+
+
+def calibration_table(groups: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Per confidence bin: mean confidence, accuracy and share of predictions (a reliability diagram)."""
+    probabilities = np.asarray(probabilities)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(groups)
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    rows = []
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            rows.append(
+                {
+                    "bin": (b + 0.5) / bins,
+                    "confidence": float(confidence[members].mean()),
+                    "accuracy": float(correct[members].mean()),
+                    "share": float(members.mean()),
+                }
+            )
+    return pd.DataFrame(rows, columns=["bin", "confidence", "accuracy", "share"])
+
+
+def confusion(groups: np.ndarray, predicted: np.ndarray, n_classes: int = len(GROUP_NAMES)) -> np.ndarray:
+    """Counts: rows are true groups, columns predicted groups."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(groups), np.asarray(predicted)), 1)
+    return matrix
+
+
+def off_by_n(groups: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
+    """How many predictions are 0, 1, 2, ... groups away from the truth."""
+    distance = np.abs(np.asarray(predicted) - np.asarray(groups))
+    counts = np.bincount(distance, minlength=len(GROUP_NAMES))
+    return pd.DataFrame(
+        {"groups_off": np.arange(len(counts)), "images": counts, "share": counts / max(1, len(distance))}
+    )
+
+
+def accuracy_by(table: pd.DataFrame, predicted: np.ndarray, column: str) -> pd.DataFrame:
+    """Exact and within-one accuracy per value of `column` (ethnicity or gender)."""
+    names = {"ethnicity": ETHNICITIES, "gender": GENDERS}[column]
+    frame = pd.DataFrame(
+        {
+            "key": table[column].astype("Int64").to_numpy(),
+            "true": table["age_group"].to_numpy(),
+            "pred": predicted,
+        }
+    ).dropna()
+    rows = []
+    for key, part in frame.groupby("key", sort=True):
+        distance = np.abs(part["pred"].to_numpy() - part["true"].to_numpy())
+        rows.append(
+            {
+                column: names[int(key)],
+                "images": len(part),
+                "accuracy": float((distance == 0).mean()),
+                "within_one": float((distance <= 1).mean()),
+            }
+        )
+    return pd.DataFrame(rows, columns=[column, "images", "accuracy", "within_one"])
+
+
+def evaluate(table: pd.DataFrame, probabilities: np.ndarray) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """Every metric and table of the evaluation report for one split.
+
+    Args:
+        table: the split's rows (age, age_group, ethnicity, gender).
+        probabilities: predicted group probabilities, one row per table row.
+
+    Returns:
+        Flat metrics (for DVC and MLflow) and named tables (for plots and artifacts).
+    """
+    groups = table["age_group"].to_numpy()
+    predicted, expected_age = decode_probabilities(probabilities)
+    metrics = classification_metrics(groups, probabilities, table["age"].to_numpy())
+    tables = {
+        "confusion": pd.DataFrame(
+            {"actual": [GROUP_NAMES[g] for g in groups], "predicted": [GROUP_NAMES[p] for p in predicted]}
+        ),
+        "off_by_n": off_by_n(groups, predicted),
+        "calibration": calibration_table(groups, probabilities),
+    }
+    for column in ("ethnicity", "gender"):
+        per = accuracy_by(table, predicted, column)
+        tables[f"accuracy_by_{column}"] = per
+        if len(per):
+            metrics[f"{column}_accuracy_gap"] = float(per["accuracy"].max() - per["accuracy"].min())
+            metrics[f"{column}_worst_accuracy"] = float(per["accuracy"].min())
+    return metrics, tables
+
+
+def worst_mistakes(table: pd.DataFrame, probabilities: np.ndarray, count: int = 16) -> pd.DataFrame:
+    """The most confidently wrong predictions, furthest from the truth first."""
+    predicted, expected_age = decode_probabilities(probabilities)
+    frame = table.assign(
+        predicted=predicted,
+        expected_age=expected_age,
+        confidence=np.asarray(probabilities).max(axis=1),
+        distance=np.abs(predicted - table["age_group"].to_numpy()),
+    )
+    wrong = frame[frame["distance"] > 0]
+    return wrong.sort_values(["distance", "confidence"], ascending=False).head(count)
+
+
+def plot_report(
+    tables: dict[str, pd.DataFrame], mistakes: pd.DataFrame, images_dir: Path, out_dir: Path
+) -> list[Path]:
+    """Confusion matrix, calibration and worst-mistakes grid as PNG files; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    matrix = pd.crosstab(tables["confusion"]["actual"], tables["confusion"]["predicted"]).reindex(
+        index=list(GROUP_NAMES), columns=list(GROUP_NAMES), fill_value=0
+    )
+    figure, axis = plt.subplots(figsize=(8, 7))
+    shares = matrix.to_numpy() / np.maximum(matrix.to_numpy().sum(axis=1, keepdims=True), 1)
+    axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(matrix.to_numpy()):
+        axis.text(
+            j,
+            i,
+            str(value),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if shares[i, j] > 0.5 else "black",
+        )
+    axis.set_xticks(range(len(GROUP_NAMES)), GROUP_NAMES, rotation=45, ha="right")
+    axis.set_yticks(range(len(GROUP_NAMES)), GROUP_NAMES)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("actual")
+    axis.set_title("Confusion matrix (colour: share of the actual group)")
+    figure.tight_layout()
+    written.append(_save(figure, out_dir / "confusion_matrix.png"))
+
+    figure, axis = plt.subplots(figsize=(5, 5))
+    calibration = tables["calibration"]
+    axis.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+    axis.plot(calibration["confidence"], calibration["accuracy"], "o-", label="model")
+    axis.set_xlabel("confidence")
+    axis.set_ylabel("accuracy")
+    axis.set_title("Reliability")
+    axis.legend()
+    written.append(_save(figure, out_dir / "calibration.png"))
+
+    columns = 4
+    rows = max(1, int(np.ceil(len(mistakes) / columns)))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.4, rows * 2.8), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (_, row) in zip(axes.flat, mistakes.iterrows(), strict=False):
+        axis.imshow(Image.open(images_dir / row["path"]).convert("RGB"))
+        axis.set_title(
+            f"true {GROUP_NAMES[row['age_group']]} ({row['age']})\npred {GROUP_NAMES[row['predicted']]} "
+            f"{row['confidence']:.0%}",
+            fontsize=8,
+        )
+    figure.suptitle("Most confident mistakes")
+    figure.tight_layout()
+    written.append(_save(figure, out_dir / "worst_mistakes.png"))
+    return written
+
+
+def plot_curves(history: pd.DataFrame, path: Path) -> Path:
+    """Training curves per epoch: accuracy (train, validation, probe set) and loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for column, label in (
+        ("accuracy", "train"),
+        ("val_accuracy", "validation"),
+        ("probe_accuracy", "probe set"),
+    ):
+        if column in history:
+            left.plot(history["epoch"], history[column], marker=".", label=label)
+    for column in ("loss", "val_loss"):
+        if column in history:
+            right.plot(history["epoch"], history[column], marker=".", label=column)
+    phase_change = history.loc[history["phase"] == "finetune", "epoch"]
+    for axis in (left, right):
+        if len(phase_change):
+            axis.axvline(phase_change.min() - 0.5, color="grey", linestyle=":", label="fine-tuning starts")
+        axis.set_xlabel("epoch")
+        axis.legend()
+    left.set_title("Accuracy")
+    right.set_title("Loss")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _save(figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from agerange.files import atomic_path
+
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,121 @@
+"""The classifier: backbone + head, two-phase fine-tuning, and its freeze boundary.
+
+Two named steps, as in the keras-io fine-tuning guide: `build_classifier` (backbone frozen)
+then `unfreeze(model, n_layers, learning_rate)` (top layers trainable, BatchNormalization kept
+frozen so it runs in inference mode). `split_at_boundary` cuts the model where the frozen part
+ends, so the frozen part's output can be computed once and cached.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from agerange.backbones import backbone_layer_names, get_backbone, resolve_weights
+from agerange.labels import GROUP_NAMES
+
+
+def build_classifier(
+    backbone: str,
+    image_size: int,
+    weights_dir: Path,
+    dropout: float,
+    weights_sha256: str | None = None,
+):
+    """A Keras model from raw RGB pixels (0-255, image_size square) to age-group probabilities.
+
+    The backbone starts frozen (except `small_cnn`, which has no pretrained weights).
+    """
+    import keras
+
+    entry = get_backbone(backbone)
+    weights = resolve_weights(entry, weights_dir, weights_sha256)
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    base = entry.build(inputs, weights)
+    base.trainable = weights is None
+    x = keras.layers.GlobalAveragePooling2D(name="features")(base.output)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    # float32 output even under mixed precision, for a stable softmax and loss
+    outputs = keras.layers.Dense(len(GROUP_NAMES), activation="softmax", dtype="float32", name="age_group")(x)
+    return keras.Model(inputs, outputs, name=f"agerange_{backbone}")
+
+
+def unfreeze(model, backbone: str, n_layers: int) -> list[str]:
+    """Make the top `n_layers` backbone layers trainable, keeping BatchNormalization frozen.
+
+    Returns:
+        The names of the layers made trainable (BatchNormalization layers are counted but stay frozen).
+    """
+    import keras
+
+    names = backbone_layer_names(model, backbone)
+    if not 0 <= n_layers <= len(names):
+        raise ValueError(f"cannot unfreeze {n_layers} layers: backbone '{backbone}' has {len(names)}")
+    top = set(names[len(names) - n_layers :]) if n_layers else set()
+    made_trainable = []
+    for name in names:
+        layer = model.get_layer(name)
+        trainable = name in top and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = trainable
+        if trainable:
+            made_trainable.append(name)
+    return made_trainable
+
+
+def first_trainable_index(model) -> int:
+    """Index in `model.layers` of the first layer with trainable weights."""
+    for index, layer in enumerate(model.layers):
+        if layer.trainable and layer.trainable_weights:
+            return index
+    return len(model.layers)
+
+
+def boundary_layer(model, before_index: int, lookback: int = 12) -> str:
+    """Where to cut the model so the part below can be computed once and cached.
+
+    A valid cut is a layer whose output alone feeds everything after it (no skip connection
+    jumps over it), so `top(bottom(x)) == model(x)`. Among the valid cuts at most `lookback`
+    layers below `before_index` (the first trained layer), the one with the smallest output
+    wins: in MobileNetV2 a block's narrow output is several times smaller than the expanded
+    tensor inside the next block, and the few frozen layers in between cost little per epoch.
+    """
+    producers = _inbound_layer_names(model)
+    order = {layer.name: index for index, layer in enumerate(model.layers)}
+    candidates = []
+    for index in range(min(before_index, len(model.layers) - 1), 0, -1):
+        if all(
+            order[source] >= index - 1 for layer in model.layers[index:] for source in producers[layer.name]
+        ):
+            candidates.append(model.layers[index - 1])
+            if before_index - index >= lookback:
+                break
+    if not candidates:
+        return model.layers[0].name
+    sizes = [int(np.prod(layer.output.shape[1:])) for layer in candidates]
+    return candidates[int(np.argmin(sizes))].name  # first (highest) cut among equal sizes
+
+
+def split_at_boundary(model, layer_name: str):
+    """Two models sharing `model`'s layers: input -> `layer_name`'s output, and that output -> prediction."""
+    import keras
+
+    boundary = model.get_layer(layer_name).output
+    bottom = keras.Model(model.input, boundary, name="frozen_part")
+    top = keras.Model(boundary, model.output, name="trained_part")
+    return bottom, top
+
+
+def _inbound_layer_names(model) -> dict[str, set[str]]:
+    """For each layer, the names of the layers whose outputs it consumes (from the model config)."""
+
+    def histories(node) -> set[str]:
+        if isinstance(node, dict):
+            if "keras_history" in node.get("config", {}):
+                return {node["config"]["keras_history"][0]}
+            return set().union(*(histories(value) for value in node.values())) if node else set()
+        if isinstance(node, list | tuple):
+            return set().union(*(histories(value) for value in node)) if node else set()
+        return set()
+
+    return {
+        layer["name"]: histories(layer.get("inbound_nodes", [])) for layer in model.get_config()["layers"]
+    }

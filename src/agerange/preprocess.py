@@ -1,0 +1,82 @@
+"""Image preparation shared by training and inference: decode, orient, convert, resize.
+
+Normalisation is not here: it is a layer inside each model (see backbones.py), so a saved
+model takes the uint8 RGB chips this module produces.
+"""
+
+import io
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 50_000_000  # larger photos are refused rather than decoded (decompression bombs)
+
+
+class ImageError(ValueError):
+    """An input that is not a usable photo; the message names it and says why."""
+
+
+def read_image(source: Path | bytes, name: str | None = None) -> Image.Image:
+    """Decode a photo to RGB with its EXIF orientation applied.
+
+    Greyscale, CMYK, palette and alpha images are converted to RGB (alpha over black).
+
+    Raises:
+        ImageError: one line naming the file: corrupt, truncated, not an image, or too large.
+    """
+    label = name or (str(source) if isinstance(source, Path) else "image")
+    try:
+        data = source.read_bytes() if isinstance(source, Path) else source
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_PIXELS:
+            megapixels = image.width * image.height / 1e6
+            raise ImageError(
+                f"{label}: image too large ({megapixels:.0f} MP, limit {MAX_PIXELS / 1e6:.0f} MP)"
+            )
+        image = ImageOps.exif_transpose(image)
+        image.load()
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{label}: corrupt, truncated or not an image ({error})") from error
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB version of any PIL mode; transparent pixels become black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (0, 0, 0))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def chip_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """A face chip as the model input: uint8 RGB, size x size."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _load_chip(job: tuple[Path, int]) -> np.ndarray:
+    path, size = job
+    return chip_pixels(read_image(path), size)  # exactly what inference does with a chip
+
+
+def load_chips(paths: Sequence[Path], size: int, workers: int = 0) -> np.ndarray:
+    """Decode many face chips in parallel into one uint8 array (N, size, size, 3)."""
+    workers = workers or os.cpu_count() or 1
+    jobs = [(Path(path), size) for path in paths]
+    if workers == 1 or len(jobs) < 256:
+        chips = [_load_chip(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            chips = list(pool.map(_load_chip, jobs, chunksize=max(32, len(jobs) // (workers * 8))))
+    return np.stack(chips) if chips else np.zeros((0, size, size, 3), dtype=np.uint8)

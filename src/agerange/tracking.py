@@ -1,0 +1,172 @@
+"""Every MLflow call of the project: runs, per-epoch metrics, artifacts, models, the registry.
+
+The tracking store is a folder (default `mlruns/`): a SQLite database `mlflow.db` for runs and
+the registry, and `artifacts/` for files. No server is needed to log; `mlflow ui` reads it.
+Entry points call `use_store` once; library code gets plain callables (hooks) from here.
+"""
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "agerange"
+MODEL_NAME = "agerange"
+
+
+def store_uri(store: Path) -> str:
+    """The tracking URI of a store folder (SQLite backend)."""
+    return f"sqlite:///{(Path(store).resolve() / 'mlflow.db').as_posix()}"
+
+
+def use_store(store: Path, experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the store folder and make sure the experiment exists; returns its id."""
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(store_uri(store))
+    mlflow.set_registry_uri(store_uri(store))
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    artifacts = (store.resolve() / "artifacts").as_uri()
+    return mlflow.create_experiment(experiment, artifact_location=artifacts)
+
+
+def git_commit(root: Path = Path(".")) -> str:
+    """The current git commit (with '-dirty' when the tree has changes), or 'unknown'."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_version(lock_file: Path = Path("dvc.lock"), outputs: tuple[str, ...] = ()) -> dict[str, str]:
+    """DVC hashes (md5) of data outputs, read from dvc.lock: the exact data a run used."""
+    import yaml
+
+    if not Path(lock_file).is_file():
+        return {}
+    lock = yaml.safe_load(Path(lock_file).read_text()) or {}
+    versions = {}
+    for stage in lock.get("stages", {}).values():
+        for out in stage.get("outs", []):
+            if not outputs or out["path"] in outputs:
+                versions[out["path"]] = out.get("md5", "")
+    return versions
+
+
+def start_run(experiment_id: str, run_name: str, resume_run_id: str | None = None, nested: bool = False):
+    """Start (or resume, after an interruption) a run; use as a context manager."""
+    if resume_run_id:
+        return mlflow.start_run(run_id=resume_run_id)
+    return mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested)
+
+
+def log_params(params: dict[str, Any], prefix: str = "") -> None:
+    """Log a (possibly nested) dict of params, flattened with dots."""
+    flat = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for child_key, child in value.items():
+                walk(child, f"{key}.{child_key}" if key else str(child_key))
+        else:
+            flat[key] = value
+
+    walk(params, prefix)
+    mlflow.log_params({key: str(value)[:6000] for key, value in flat.items()})
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    mlflow.set_tags({key: str(value) for key, value in tags.items()})
+
+
+def epoch_hook(prefix: str = ""):
+    """A training hook that logs each epoch's metrics at its global epoch as the step."""
+
+    def hook(phase: str, epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({f"{prefix}{key}": value for key, value in metrics.items()}, step=epoch)
+
+    return hook
+
+
+def log_metrics(metrics: dict[str, float], prefix: str = "", step: int | None = None) -> None:
+    numeric = {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    mlflow.log_metrics(numeric, step=step)
+
+
+def log_artifacts(paths: list[Path], folder: str | None = None) -> None:
+    for path in paths:
+        if Path(path).is_dir():
+            mlflow.log_artifacts(
+                str(path), artifact_path=f"{folder}/{Path(path).name}" if folder else Path(path).name
+            )
+        else:
+            mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def log_dataset(table, name: str, source: str, context: str) -> None:
+    """Record a data table the run used (name, digest, schema, source) as a run input."""
+    dataset = mlflow.data.from_pandas(table, source=source, name=name, targets="age_group")
+    mlflow.log_input(dataset, context=context)
+
+
+def log_keras_model(model, info: dict[str, Any], input_example) -> str:
+    """Log the Keras model with its signature, an input example and its settings; returns its URI."""
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    example = np.asarray(input_example, dtype=np.float32)
+    signature = infer_signature(example, np.asarray(model(example), dtype=np.float32))
+    logged = mlflow.keras.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        metadata={"agerange": info},
+        pip_requirements=_pip_requirements(),
+    )
+    return logged.model_uri
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in ("tensorflow", "keras", "numpy", "pillow")]
+
+
+def load_model_info(model_uri: str) -> dict[str, Any]:
+    """The settings a logged model carries (input size, class names, backbone, preprocessing)."""
+    from mlflow.models import Model
+
+    return Model.load(model_uri).metadata["agerange"]
+
+
+def load_keras_model(model_uri: str):
+    return mlflow.keras.load_model(model_uri)
+
+
+def active_run_id() -> str:
+    return mlflow.active_run().info.run_id
+
+
+def write_run_reference(path: Path, run_id: str, model_uri: str | None = None) -> None:
+    """Remember which run a DVC stage logged to, so the next stage logs to the same run."""
+    from agerange.files import write_json
+
+    write_json({"run_id": run_id, "model_uri": model_uri, "tracking_uri": mlflow.get_tracking_uri()}, path)
+
+
+def read_run_reference(path: Path) -> dict[str, str]:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,389 @@
+"""Training: two-phase transfer learning on face chips, fast on a CPU and on a GPU.
+
+On a CPU the frozen part of the network is run once per image (and once per mirrored
+training image) and its output cached, so every epoch runs only the trained layers. With
+`augment: true` (the GPU default) the whole network runs each epoch on augmented images.
+Every epoch is checkpointed; an interrupted training resumes where it stopped.
+"""
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agerange.backbones import get_backbone
+from agerange.inference import decode_probabilities
+from agerange.labels import GROUP_NAMES
+from agerange.model import (
+    boundary_layer,
+    build_classifier,
+    first_trainable_index,
+    split_at_boundary,
+    unfreeze,
+)
+from agerange.preprocess import load_chips
+
+log = logging.getLogger(__name__)
+
+EpochHook = Callable[[str, int, dict[str, float]], None]  # (phase, global epoch, metrics)
+
+
+@dataclass
+class SplitData:
+    """Decoded chips and labels of one split."""
+
+    chips: np.ndarray  # uint8 (N, S, S, 3)
+    groups: np.ndarray  # int (N,)
+    weights: np.ndarray  # float (N,), loss weight per row
+    table: pd.DataFrame = field(repr=False)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model: object  # the Keras inference model (pixels in, probabilities out)
+    history: pd.DataFrame  # one row per epoch: phase, epoch, loss, accuracy, val_*, probe_accuracy
+    boundary: str | None  # layer whose output was cached, None when the full network ran
+    seconds: float
+    images_per_second: float  # training throughput, images (not cached features) per second
+
+
+def configure_device(mixed_precision: str = "auto") -> dict[str, object]:
+    """Use the GPU with mixed precision and XLA when there is one; tune threads on a CPU.
+
+    Called by entry points only (never on import). Returns what was chosen, for logging.
+    """
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    use_mixed = bool(gpus) if mixed_precision == "auto" else mixed_precision == "on"
+    keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
+    return {
+        "device": "gpu" if gpus else "cpu",
+        "gpus": len(gpus),
+        "mixed_precision": use_mixed,
+        "xla": bool(gpus),
+    }
+
+
+def load_split(table: pd.DataFrame, images_dir: Path, image_size: int, workers: int = 0) -> SplitData:
+    """Decode the chips of a table's rows (each distinct file once) with their labels."""
+    paths = table["path"].tolist()
+    distinct = sorted(set(paths))
+    chips = load_chips([images_dir / path for path in distinct], image_size, workers)
+    position = {path: index for index, path in enumerate(distinct)}
+    order = np.fromiter((position[path] for path in paths), dtype=np.int64, count=len(paths))
+    weights = table["weight"].to_numpy(np.float32) if "weight" in table else np.ones(len(table), np.float32)
+    return SplitData(
+        chips[order], table["age_group"].to_numpy(np.int64), weights, table.reset_index(drop=True)
+    )
+
+
+def soft_labels(groups: np.ndarray, neighbour_smoothing: float) -> np.ndarray:
+    """Targets that move `neighbour_smoothing` of the mass to the adjacent age groups.
+
+    Age groups are ordered: calling a 30-year-old 'Young Adult' is a smaller error than
+    'Senior'. Unlike uniform label smoothing, this teaches the model that ordering.
+    """
+    n = len(GROUP_NAMES)
+    kernel = np.zeros((n, n), dtype=np.float32)
+    for group in range(n):
+        neighbours = [g for g in (group - 1, group + 1) if 0 <= g < n]
+        kernel[group, group] = 1.0 - neighbour_smoothing
+        for neighbour in neighbours:
+            kernel[group, neighbour] = neighbour_smoothing / len(neighbours)
+    return kernel[groups]
+
+
+def within_one(y_true, y_pred):
+    """Share of predictions at most one age group away (a Keras metric function)."""
+    from keras import ops
+
+    distance = ops.abs(ops.argmax(y_true, axis=-1) - ops.argmax(y_pred, axis=-1))
+    return ops.mean(ops.cast(distance <= 1, "float32"))
+
+
+def _augmentation(seed: int):
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed),
+            layers.RandomTranslation(0.05, 0.05, fill_mode="reflect", seed=seed),
+            layers.RandomZoom((-0.08, 0.0), fill_mode="reflect", seed=seed),  # a small crop
+        ],
+        name="augmentation",
+    )
+
+
+def _compile(model, learning_rate: float, jit: bool) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), within_one],
+        jit_compile=jit,
+    )
+
+
+def _dataset(inputs, groups, weights, batch_size, shuffle, seed, smoothing=0.0, mirrored=None):
+    """tf.data pipeline over in-memory arrays: shuffle, mirror choice, batch, prefetch."""
+    import tensorflow as tf
+
+    labels = soft_labels(groups, smoothing)
+    if mirrored is None:
+        data = tf.data.Dataset.from_tensor_slices((inputs, labels, weights))
+    else:
+        # Cached features of the image and of its mirror: pick one at random per epoch.
+        data = tf.data.Dataset.from_tensor_slices((inputs, mirrored, labels, weights))
+        rng = tf.random.Generator.from_seed(seed)
+
+        def pick(a, b, y, w):
+            return tf.where(rng.uniform(()) < 0.5, a, b), y, w
+
+        data = data.shuffle(len(groups), seed=seed, reshuffle_each_iteration=True) if shuffle else data
+        return (
+            data.map(pick, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        )
+    if shuffle:
+        data = data.shuffle(len(groups), seed=seed, reshuffle_each_iteration=True)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _compute_features(bottom, chips: np.ndarray, batch_size: int, mirror: bool = False) -> np.ndarray:
+    """Run the frozen part once over all chips; stored as float16 to halve memory."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: bottom(x, training=False), reduce_retracing=True)
+    outputs = []
+    for start in range(0, len(chips), batch_size):
+        batch = chips[start : start + batch_size].astype(np.float32)
+        if mirror:
+            batch = batch[:, :, ::-1]
+        outputs.append(forward(batch).numpy().astype(np.float16))
+    return np.concatenate(outputs)
+
+
+class _EpochCallback:
+    """Keras callback factory: records each epoch, predicts the probe set, calls the tracking hook."""
+
+    @staticmethod
+    def make(phase: str, offset: int, records: list, probe, hook: EpochHook | None):
+        import keras
+
+        class EpochCallback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                row = {"phase": phase, "epoch": offset + epoch + 1}
+                row.update({key: float(value) for key, value in (logs or {}).items()})
+                if probe is not None:
+                    inputs, groups = probe
+                    predicted, _ = decode_probabilities(self.model.predict(inputs, verbose=0))
+                    row["probe_accuracy"] = float((predicted == groups).mean())
+                records.append(row)
+                if hook is not None:
+                    hook(phase, row["epoch"], {k: v for k, v in row.items() if k not in ("phase", "epoch")})
+
+        return EpochCallback()
+
+
+def _fit(model, train_data, val_data, epochs, patience, checkpoint_dir, callbacks):
+    """Fit with early stopping (best weights restored) and an epoch checkpoint to resume from."""
+    import keras
+
+    if epochs <= 0:
+        return 0
+    history = model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=epochs,
+        verbose=2,
+        callbacks=[
+            keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True),
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", mode="max", patience=patience, restore_best_weights=True
+            ),
+            *callbacks,
+        ],
+    )
+    return len(history.epoch)
+
+
+def train(
+    train: SplitData,
+    val: SplitData,
+    probe: SplitData | None,
+    backbone: str,
+    image_size: int,
+    weights_dir: Path,
+    unfreeze_layers: int,
+    dropout: float,
+    head_learning_rate: float,
+    finetune_learning_rate: float,
+    head_epochs: int,
+    finetune_epochs: int,
+    patience: int,
+    batch_size: int,
+    neighbour_smoothing: float,
+    augment: bool,
+    seed: int,
+    checkpoint_dir: Path,
+    weights_sha256: str | None = None,
+    on_epoch: EpochHook | None = None,
+    jit: bool = False,
+    feature_cache: dict | None = None,
+) -> TrainResult:
+    """Two-phase training: the head on a frozen backbone, then the top `unfreeze_layers` layers.
+
+    Args:
+        train, val, probe: decoded splits (probe: a fixed set predicted after every epoch).
+        backbone: a name from the backbone registry.
+        image_size: chip side in pixels.
+        weights_dir: folder with the pretrained weights files.
+        unfreeze_layers: backbone layers trained in phase 2 (BatchNormalization stays frozen).
+        dropout: dropout before the classification layer.
+        head_learning_rate, finetune_learning_rate: Adam learning rates of phase 1 and phase 2.
+        head_epochs, finetune_epochs: maximum epochs per phase (early stopping may end sooner).
+        patience: epochs without a better validation accuracy before stopping.
+        batch_size: images per step.
+        neighbour_smoothing: share of each target moved to the adjacent age groups.
+        augment: run the whole network on augmented images each epoch (flip, brightness,
+            small shift and crop) instead of caching the frozen part's output.
+        seed: seed for Keras, shuffling and augmentation.
+        checkpoint_dir: where per-epoch checkpoints live until training ends.
+        weights_sha256: expected checksum of the weights file (defaults to the registry's).
+        on_epoch: tracking hook called after every epoch.
+        jit: compile with XLA (GPU).
+        feature_cache: a dict shared across calls (an Optuna study) to reuse cached features.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    started = time.monotonic()
+    model = build_classifier(backbone, image_size, weights_dir, dropout, weights_sha256)
+    pretrained = get_backbone(backbone).weights_file is not None
+    records: list[dict] = []
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    images_seen = 0
+
+    if not pretrained:
+        # Trained from scratch: one phase over augmented images.
+        augmentation = _augmentation(seed)
+        inputs = keras.Input((image_size, image_size, 3))
+        trainer = keras.Model(inputs, model(augmentation(inputs)))
+        _compile(trainer, head_learning_rate, jit)
+        callback = _EpochCallback.make("train", 0, records, probe and (probe.chips, probe.groups), on_epoch)
+        epochs = _fit(
+            trainer,
+            _dataset(train.chips, train.groups, train.weights, batch_size, True, seed, neighbour_smoothing),
+            _dataset(val.chips, val.groups, val.weights, batch_size, False, seed),
+            head_epochs + finetune_epochs, patience, checkpoint_dir / "phase1", [callback],
+        )  # fmt: skip
+        images_seen += epochs * len(train.groups)
+        return _result(model, records, None, started, images_seen)
+
+    unfreeze(model, backbone, unfreeze_layers)
+    boundary = None if augment else boundary_layer(model, first_trainable_index(model))
+    unfreeze(model, backbone, 0)  # phase 1: backbone frozen
+
+    if boundary is None:
+        augmentation = _augmentation(seed)
+        inputs = keras.Input((image_size, image_size, 3))
+        trainer = keras.Model(inputs, model(augmentation(inputs)))
+        train_data = _dataset(
+            train.chips, train.groups, train.weights, batch_size, True, seed, neighbour_smoothing
+        )
+        val_data = _dataset(val.chips, val.groups, val.weights, batch_size, False, seed)
+        probe_inputs = probe and (probe.chips, probe.groups)
+    else:
+        bottom, trainer = split_at_boundary(model, boundary)
+        features = _cached_features(
+            feature_cache, bottom, boundary, backbone, image_size, train, val, probe, batch_size
+        )
+        train_data = _dataset(
+            features["train"],
+            train.groups,
+            train.weights,
+            batch_size,
+            True,
+            seed,
+            neighbour_smoothing,
+            mirrored=features["train_mirror"],
+        )
+        val_data = _dataset(features["val"], val.groups, val.weights, batch_size, False, seed)
+        probe_inputs = probe and (features["probe"], probe.groups)
+        log.info(
+            "cached the frozen part's output at layer %s: %s per image", boundary, features["val"].shape[1:]
+        )
+
+    phase1_weights = checkpoint_dir / "phase1_done.weights.h5"
+    if phase1_weights.is_file():
+        model.load_weights(phase1_weights)  # resume: phase 1 finished in an earlier, interrupted run
+        records.extend(json.loads((checkpoint_dir / "phase1_history.json").read_text()))
+        log.info("resumed after phase 1 from %s", phase1_weights)
+    else:
+        _compile(trainer, head_learning_rate, jit)
+        callback = _EpochCallback.make("head", 0, records, probe_inputs, on_epoch)
+        epochs = _fit(
+            trainer, train_data, val_data, head_epochs, patience, checkpoint_dir / "phase1", [callback]
+        )
+        images_seen += epochs * len(train.groups)
+        model.save_weights(phase1_weights)
+        (checkpoint_dir / "phase1_history.json").write_text(json.dumps(records))
+
+    if unfreeze_layers > 0 and finetune_epochs > 0:
+        unfreeze(model, backbone, unfreeze_layers)
+        _compile(trainer, finetune_learning_rate, jit)
+        callback = _EpochCallback.make("finetune", len(records), records, probe_inputs, on_epoch)
+        epochs = _fit(
+            trainer, train_data, val_data, finetune_epochs, patience, checkpoint_dir / "phase2", [callback]
+        )
+        images_seen += epochs * len(train.groups)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+    return _result(model, records, boundary, started, images_seen)
+
+
+def _cached_features(cache, bottom, boundary, backbone, image_size, train, val, probe, batch_size) -> dict:
+    """Frozen-part outputs for every split, reused from `cache` when the same cut was computed before."""
+    key = (backbone, image_size, boundary, len(train.groups), len(val.groups))
+    if cache is not None and key in cache:
+        return cache[key]
+    features = {
+        "train": _compute_features(bottom, train.chips, batch_size),
+        "train_mirror": _compute_features(bottom, train.chips, batch_size, mirror=True),
+        "val": _compute_features(bottom, val.chips, batch_size),
+    }
+    if probe is not None:
+        features["probe"] = _compute_features(bottom, probe.chips, batch_size)
+    if cache is not None:
+        cache[key] = features
+    return features
+
+
+def _result(model, records, boundary, started, images_seen) -> TrainResult:
+    seconds = time.monotonic() - started
+    return TrainResult(
+        model=model,
+        history=pd.DataFrame(records),
+        boundary=boundary,
+        seconds=seconds,
+        images_per_second=images_seen / seconds if seconds else 0.0,
+    )
+
+
+def probe_rows(table: pd.DataFrame, size: int = 100, seed: int = 0) -> pd.DataFrame:
+    """A fixed sample of rows, the same for every run with the same data and seed."""
+    return table.sort_values("path").sample(n=min(size, len(table)), random_state=seed)

@@ -52,8 +52,9 @@ def main() -> None:
     reference = tracking.read_run_reference(args.model / "run.json")
     tracking.use_store(Path(reference["tracking_uri"].removeprefix("sqlite:///")).parent)
     with tracking.start_run("", "", resume_run_id=reference["run_id"]):
+        # eval_val_*, not val_*: the per-epoch val_* series of the training run keep their meaning
         for side, metrics in results.items():
-            tracking.log_metrics(metrics, prefix=f"{side}_")
+            tracking.log_metrics(metrics, prefix="test_" if side == "test" else "eval_val_")
         tracking.log_artifacts([*sorted(args.reports.glob("*.csv")), *figures], folder="evaluation")
     test = results["test"]
     print(

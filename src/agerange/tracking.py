@@ -30,11 +30,15 @@ def use_store(store: Path, experiment: str = EXPERIMENT) -> str:
     store.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(store_uri(store))
     mlflow.set_registry_uri(store_uri(store))
+    # The kind tag makes the UI open on the runs table (model training), not the GenAI overview.
+    kind = {"mlflow.experimentKind": "custom_model_development"}
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
+        if found.tags.get("mlflow.experimentKind") != kind["mlflow.experimentKind"]:
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *next(iter(kind.items())))
         return found.experiment_id
     artifacts = (store.resolve() / "artifacts").as_uri()
-    return mlflow.create_experiment(experiment, artifact_location=artifacts)
+    return mlflow.create_experiment(experiment, artifact_location=artifacts, tags=kind)
 
 
 def git_commit(root: Path = Path(".")) -> str:
@@ -123,21 +127,29 @@ def log_dataset(table, name: str, source: str, context: str) -> None:
 
 
 def log_keras_model(model, info: dict[str, Any], input_example) -> str:
-    """Log the Keras model with its signature, an input example and its settings; returns its URI."""
+    """Log the Keras model with its signature, an input example and its settings; returns its URI.
+
+    Saved to a local folder first, then logged as the run's `model` artifact: mlflow.keras's
+    log_model (3.17) writes the input example before creating its folder and fails.
+    """
+    import tempfile
+
     import numpy as np
     from mlflow.models import infer_signature
 
     example = np.asarray(input_example, dtype=np.float32)
     signature = infer_signature(example, np.asarray(model(example), dtype=np.float32))
-    logged = mlflow.keras.log_model(
-        model,
-        name="model",
-        signature=signature,
-        input_example=example,
-        metadata={"agerange": info},
-        pip_requirements=_pip_requirements(),
-    )
-    return logged.model_uri
+    with tempfile.TemporaryDirectory() as folder:
+        mlflow.keras.save_model(
+            model,
+            folder,
+            signature=signature,
+            input_example=example,
+            metadata={"agerange": info},
+            pip_requirements=_pip_requirements(),
+        )
+        mlflow.log_artifacts(folder, artifact_path="model")
+    return f"runs:/{active_run_id()}/model"
 
 
 def _pip_requirements() -> list[str]:
@@ -170,3 +182,62 @@ def write_run_reference(path: Path, run_id: str, model_uri: str | None = None) -
 
 def read_run_reference(path: Path) -> dict[str, str]:
     return json.loads(Path(path).read_text())
+
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def beats(candidate: float, incumbent: float | None, greater_is_better: bool = True) -> bool:
+    """Whether a candidate score strictly beats the incumbent's (no incumbent: it does)."""
+    if incumbent is None:
+        return True
+    return candidate > incumbent if greater_is_better else candidate < incumbent
+
+
+def register(
+    model_uri: str,
+    metric: str,
+    score: float,
+    tags: dict[str, Any],
+    greater_is_better: bool = True,
+    name: str = MODEL_NAME,
+) -> dict[str, Any]:
+    """Register a logged model; move `champion` to it only if it beats the current champion.
+
+    The comparison uses the `metric` tag stored on each version when it was registered. A
+    version that does not win gets the `challenger` alias. No version is ever deleted or
+    overwritten: aliases move, versions stay.
+
+    Returns:
+        version, alias given (champion or challenger), the metric and both scores.
+    """
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description="Age-group classifier from face chips (agerange)")
+    try:
+        incumbent_version = client.get_model_version_by_alias(name, CHAMPION)
+        incumbent = float(incumbent_version.tags[metric])
+    except (mlflow.exceptions.MlflowException, KeyError):
+        incumbent_version, incumbent = None, None
+    version = mlflow.register_model(model_uri, name, tags={metric: str(score), **{k: str(v) for k, v in tags.items()}})
+    alias = CHAMPION if beats(score, incumbent, greater_is_better) else CHALLENGER
+    if alias == CHAMPION and incumbent_version is not None:
+        client.set_registered_model_alias(name, "previous_champion", incumbent_version.version)
+    client.set_registered_model_alias(name, alias, version.version)
+    return {
+        "version": int(version.version),
+        "alias": alias,
+        "metric": metric,
+        "score": score,
+        "champion_score_before": incumbent,
+        "champion_version_before": int(incumbent_version.version) if incumbent_version else None,
+    }
+
+
+def aliases(name: str = MODEL_NAME) -> dict[str, int]:
+    """Alias -> version number of a registered model."""
+    model = mlflow.MlflowClient().get_registered_model(name)
+    return {alias: int(version) for alias, version in model.aliases.items()}

@@ -148,7 +148,7 @@ def test_train_and_evaluate_are_tracked_in_mlflow(repo: Path):
     assert run.data.params["train.image_size"] == "48"
     assert run.data.tags["git_commit"] != "unknown"
     assert any(key.startswith("data.data/") for key in run.data.tags)
-    assert {"best_val_accuracy", "test_accuracy", "test_within_one", "val_accuracy", "test_ece"} <= set(
+    assert {"best_val_accuracy", "test_accuracy", "test_within_one", "eval_val_accuracy", "test_ece"} <= set(
         run.data.metrics
     )
     history = client.get_metric_history(run.info.run_id, "val_accuracy")

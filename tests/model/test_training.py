@@ -72,3 +72,33 @@ def test_soft_labels_keep_mass_on_the_truth_and_its_neighbours():
     assert labels[0, 0] == pytest.approx(0.8) and labels[0, 1] == pytest.approx(0.2)
     assert labels[1, 4] == pytest.approx(0.1) and labels[1, 6] == pytest.approx(0.1)
     assert labels[2, 8] == pytest.approx(0.2)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_training_resumes_where_it_stopped(mini_splits, tmp_path):
+    data, size = mini_splits
+    settings = dict(
+        backbone="mobilenet_v2", image_size=size, weights_dir=WEIGHTS, unfreeze_layers=20, dropout=0.1,
+        head_learning_rate=3e-3, finetune_learning_rate=3e-4, head_epochs=3, finetune_epochs=3,
+        patience=5, batch_size=32, neighbour_smoothing=0.1, augment=False, seed=1,
+        checkpoint_dir=tmp_path / "ckpt",
+    )  # fmt: skip
+
+    def crash_in_phase_two(phase, epoch, metrics):
+        if phase == "finetune":
+            raise Interrupted  # as if the machine went down after the first fine-tuning epoch
+
+    with pytest.raises(Interrupted):
+        train(data["train"], data["val"], None, on_epoch=crash_in_phase_two, **settings)
+    assert (tmp_path / "ckpt" / "phase1_done.weights.h5").is_file()
+
+    resumed = []
+    result = train(
+        data["train"], data["val"], None, on_epoch=lambda p, e, m: resumed.append((p, e)), **settings
+    )
+    # Phase 1 is not trained again, and phase 2 continues after its checkpointed first epoch.
+    assert resumed == [("finetune", 5), ("finetune", 6)]
+    assert list(result.history["phase"]) == ["head"] * 3 + ["finetune"] * 2

@@ -1,0 +1,50 @@
+"""DVC stage `register`: put the trained model in the MLflow Model Registry as `agerange`.
+
+`champion` moves to the new version only if it beats the current champion on the metric and
+split named in params.yaml (validation by default: models are chosen on validation, never on
+test); otherwise the new version becomes `challenger`.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from agerange import tracking
+from agerange.config import load_params, setup_logging
+from agerange.files import write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, required=True, help="the train stage's model folder")
+    parser.add_argument("--evaluation", type=Path, required=True, help="the evaluate stage's metrics")
+    parser.add_argument("--out", type=Path, required=True, help="JSON: version, alias, scores")
+    args = parser.parse_args()
+    setup_logging()
+    params = load_params("register")
+    reference = tracking.read_run_reference(args.model / "run.json")
+    evaluation = json.loads(args.evaluation.read_text())
+    split, metric = params["split"], params["metric"]
+    score = float(evaluation[split][metric])
+    tracking.use_store(Path(reference["tracking_uri"].removeprefix("sqlite:///")).parent)
+    tags = {
+        "run_id": reference["run_id"],
+        "git_commit": tracking.git_commit(),
+        **{f"{side}_{key}": value for side, values in evaluation.items() for key, value in values.items()},
+        **{f"data.{path}": md5 for path, md5 in tracking.data_version().items()},
+    }
+    outcome = tracking.register(
+        reference["model_uri"], f"{split}_{metric}", score, tags, params["greater_is_better"], params["name"]
+    )
+    write_json(outcome, args.out)
+    before = outcome["champion_score_before"]
+    print(
+        f"register: {params['name']} version {outcome['version']} ({split} {metric} {score:.4f}) is now "
+        f"'{outcome['alias']}'"
+        + (f"; the champion had {before:.4f} (version {outcome['champion_version_before']})." if before is not None
+           else "; there was no champion before.")
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Evaluation metrics on hand-made predictions, where the right answer is known."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from agerange.evaluate import (
+    accuracy_by,
+    calibration_table,
+    classification_metrics,
+    confusion,
+    evaluate,
+    expected_calibration_error,
+    macro_f1,
+    off_by_n,
+    worst_mistakes,
+)
+from agerange.inference import decode_probabilities, group_name, predict_probabilities
+
+
+def _onehot(groups, confidence=1.0):
+    probabilities = np.full((len(groups), 10), (1 - confidence) / 9, dtype=np.float32)
+    probabilities[np.arange(len(groups)), groups] = confidence
+    return probabilities
+
+
+def test_perfect_predictions():
+    groups = np.array([0, 3, 6, 9])
+    metrics = classification_metrics(groups, _onehot(groups), ages=np.array([1, 11, 30, 70]))
+    assert metrics["accuracy"] == 1.0 and metrics["within_one"] == 1.0 and metrics["macro_f1"] == 1.0
+    assert metrics["ece"] == pytest.approx(0.0, abs=1e-6)
+    # Expected age of a certain prediction is the group's midpoint.
+    assert metrics["mae_years"] == pytest.approx(np.mean([0.5, 0, 0.5, 0]))
+
+
+def test_off_by_one_counts_as_within_one_but_not_exact():
+    groups = np.array([5, 5, 5, 5])
+    predicted = np.array([5, 4, 6, 8])
+    metrics = classification_metrics(groups, _onehot(predicted), ages=np.full(4, 21))
+    assert metrics["accuracy"] == 0.25 and metrics["within_one"] == 0.75
+    table = off_by_n(groups, predicted)
+    assert table.set_index("groups_off")["images"].loc[[0, 1, 3]].tolist() == [1, 2, 1]
+
+
+def test_macro_f1_by_hand():
+    groups = np.array([0, 0, 1, 1])
+    predicted = np.array([0, 1, 1, 1])
+    # class 0: tp 1, fn 1 -> F1 2/3; class 1: tp 2, fp 1 -> F1 4/5
+    assert macro_f1(groups, predicted) == pytest.approx((2 / 3 + 4 / 5) / 2)
+
+
+def test_confusion_rows_are_truth_columns_predictions():
+    matrix = confusion(np.array([0, 0, 2]), np.array([0, 1, 2]))
+    assert matrix[0, 0] == 1 and matrix[0, 1] == 1 and matrix[2, 2] == 1 and matrix.sum() == 3
+
+
+def test_overconfident_mistakes_have_a_large_calibration_error():
+    groups = np.zeros(10, dtype=int)
+    confident_wrong = _onehot(np.ones(10, dtype=int), confidence=0.95)
+    assert expected_calibration_error(groups, confident_wrong) == pytest.approx(0.95, abs=1e-6)
+    table = calibration_table(groups, confident_wrong)
+    assert len(table) == 1 and table["accuracy"].iloc[0] == 0.0
+
+
+def test_accuracy_gap_between_ethnicities():
+    table = pd.DataFrame(
+        {
+            "age": [30] * 4,
+            "age_group": [6, 6, 6, 6],
+            "ethnicity": pd.array([0, 0, 1, 1], dtype="Int8"),
+            "gender": pd.array([0, 1, 0, 1], dtype="Int8"),
+            "path": list("abcd"),
+        }
+    )
+    probabilities = _onehot(np.array([6, 6, 6, 2]))
+    metrics, tables = evaluate(table, probabilities)
+    per = tables["accuracy_by_ethnicity"].set_index("ethnicity")["accuracy"]
+    assert per["White"] == 1.0 and per["Black"] == 0.5
+    assert metrics["ethnicity_accuracy_gap"] == 0.5
+    assert accuracy_by(table, np.array([6, 6, 6, 2]), "gender")["accuracy"].tolist() == [1.0, 0.5]
+    worst = worst_mistakes(table, probabilities)
+    assert worst["path"].tolist() == ["d"]
+
+
+def test_expected_age_and_group_names():
+    probabilities = np.zeros((1, 10), dtype=np.float32)
+    probabilities[0, [6, 7]] = 0.5  # halfway between Adult (29.5) and Mature Adult (39.5)
+    group, age = decode_probabilities(probabilities)
+    assert group[0] == 6 and age[0] == pytest.approx(34.5)
+    assert group_name(0) == "Baby (0-1)" and group_name(9) == "Senior (59+)"
+
+
+def test_flip_averaging_calls_the_model_on_the_mirror():
+    chips = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    chips[:, :, 0, :] = 255  # bright left column: the mirror has it on the right
+
+    def forward(batch):
+        left_bright = batch[:, :, 0, 0].mean(axis=1) > 100
+        return np.where(left_bright[:, None], _onehot([0])[0], _onehot([9])[0])
+
+    averaged = predict_probabilities(forward, chips, flip=True)
+    assert averaged[0, 0] == pytest.approx(0.5) and averaged[0, 9] == pytest.approx(0.5)
+    assert predict_probabilities(forward, chips, flip=False)[0, 0] == pytest.approx(1.0)

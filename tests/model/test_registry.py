@@ -1,0 +1,50 @@
+"""The MLflow Model Registry: champion moves only to a better model; nothing is deleted."""
+
+import numpy as np
+import pytest
+
+from agerange import tracking
+
+
+def _tiny_model(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+
+
+def _log(experiment: str, seed: int) -> str:
+    with tracking.start_run(experiment, f"train-{seed}"):
+        return tracking.log_keras_model(_tiny_model(seed), {"image_size": 8}, np.zeros((1, 8, 8, 3)))
+
+
+@pytest.fixture
+def store(tmp_path):
+    return tracking.use_store(tmp_path / "mlruns")
+
+
+def test_a_worse_second_model_does_not_take_champion(store):
+    first = tracking.register(_log(store, 1), "val_accuracy", 0.56, {"git_commit": "a"})
+    second = tracking.register(_log(store, 2), "val_accuracy", 0.51, {"git_commit": "b"})
+    assert (first["alias"], second["alias"]) == ("champion", "challenger")
+    assert tracking.aliases() == {"champion": 1, "challenger": 2}
+    assert second["champion_score_before"] == 0.56
+
+    # Both versions still exist and the champion still loads and predicts.
+    model = tracking.load_keras_model("models:/agerange@champion")
+    assert np.asarray(model(np.zeros((1, 8, 8, 3), dtype="float32"))).shape == (1, 10)
+
+
+def test_a_better_model_takes_champion_and_the_old_one_is_kept(store):
+    tracking.register(_log(store, 1), "val_accuracy", 0.50, {})
+    better = tracking.register(_log(store, 2), "val_accuracy", 0.58, {})
+    assert better["alias"] == "champion"
+    assert tracking.aliases() == {"champion": 2, "previous_champion": 1}
+
+
+def test_a_tie_does_not_move_champion():
+    assert tracking.beats(0.5, None)
+    assert not tracking.beats(0.5, 0.5)
+    assert tracking.beats(4.0, 5.0, greater_is_better=False)

@@ -41,8 +41,11 @@ def main() -> None:
     print(
         f"register: {params['name']} version {outcome['version']} ({split} {metric} {score:.4f}) is now "
         f"'{outcome['alias']}'"
-        + (f"; the champion had {before:.4f} (version {outcome['champion_version_before']})." if before is not None
-           else "; there was no champion before.")
+        + (
+            f"; the champion had {before:.4f} (version {outcome['champion_version_before']})."
+            if before is not None
+            else "; there was no champion before."
+        )
     )
 
 

@@ -21,6 +21,7 @@ from agerange.config import fail, load_params, setup_logging  # noqa: E402
 from agerange.evaluate import plot_curves  # noqa: E402
 from agerange.files import atomic_path, write_csv, write_json  # noqa: E402
 from agerange.labels import AGE_GROUPS, GROUP_NAMES, group_midpoints  # noqa: E402
+from agerange.rebalance import rebalance  # noqa: E402
 from agerange.train import configure_device, load_split, probe_rows, train  # noqa: E402
 
 log = logging.getLogger("train")
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="JSON summary (DVC metrics)")
     parser.add_argument("--checkpoints", type=Path, required=True, help="epoch checkpoints, kept until done")
     parser.add_argument("--store", type=Path, default=Path("mlruns"), help="MLflow tracking store folder")
+    parser.add_argument(
+        "--best-params", type=Path, help="the tune stage's best params (used when it has any)"
+    )
     args = parser.parse_args()
     setup_logging()
     params = load_params("train")
@@ -62,6 +66,18 @@ def main() -> None:
 
     splits = pd.read_parquet(args.splits)
     train_rows = pd.read_parquet(args.train)
+    tuned = json.loads(args.best_params.read_text()).get("params", {}) if args.best_params else {}
+    if tuned:
+        # The study's best wins over params.yaml for the keys it tuned.
+        params = {**params, **{key: value for key, value in tuned.items() if key in params}}
+        if "rebalance_strategy" in tuned:
+            rebalance_params = load_params("rebalance")
+            params["rebalance_strategy"] = tuned["rebalance_strategy"]
+            train_rows = rebalance(
+                splits[splits["split"] == "train"], tuned["rebalance_strategy"],
+                rebalance_params["max_per_group"], rebalance_params["seed"],
+            )  # fmt: skip
+        log.info("using the tuned params: %s", tuned)
     val_rows = splits[splits["split"] == "val"]
     probe = probe_rows(splits[splits["split"] == "test"], seed=params["seed"])
     size = params["image_size"]

@@ -36,9 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="agerange", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    maps = commands.add_parser("feature-maps", help="picture of a convolution layer's activations for one photo")
+    maps = commands.add_parser(
+        "feature-maps", help="picture of a convolution layer's activations for one photo"
+    )
     maps.add_argument("image", type=Path, help="a face chip (aligned face photo)")
-    maps.add_argument("--model", type=Path, default=Path("data/model"), help="folder written by the train stage")
+    maps.add_argument(
+        "--model", type=Path, default=Path("data/model"), help="folder written by the train stage"
+    )
     maps.add_argument("--layer", help="layer name; omit to list the layers that have feature maps")
     maps.add_argument("--out", type=Path, default=Path("feature_maps.png"))
     maps.set_defaults(run=feature_maps_command)

@@ -20,7 +20,9 @@ def feature_maps(model, chip: np.ndarray, layer: str) -> np.ndarray:
 
     valid = conv_layer_names(model)
     if layer not in valid:
-        raise ValueError(f"layer '{layer}' has no feature maps (valid: {', '.join(valid[:8])}, ... {len(valid)} in all)")
+        raise ValueError(
+            f"layer '{layer}' has no feature maps (valid: {', '.join(valid[:8])}, ... {len(valid)} in all)"
+        )
     probe = keras.Model(model.input, model.get_layer(layer).output)
     return np.asarray(probe(chip[None].astype(np.float32)))[0]
 
@@ -45,7 +47,9 @@ def plot_feature_maps(chip: np.ndarray, maps: np.ndarray, layer: str, path: Path
     for axis, channel in zip(axes.flat[columns:], strongest, strict=False):
         axis.imshow(maps[..., channel], cmap="viridis")
         axis.set_title(f"#{channel}", fontsize=7)
-    figure.suptitle(f"Feature maps of layer {layer} ({maps.shape[0]}x{maps.shape[1]}, {maps.shape[2]} channels)")
+    figure.suptitle(
+        f"Feature maps of layer {layer} ({maps.shape[0]}x{maps.shape[1]}, {maps.shape[2]} channels)"
+    )
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)

@@ -26,10 +26,21 @@ def store_uri(store: Path) -> str:
 
 def use_store(store: Path, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the store folder and make sure the experiment exists; returns its id."""
+    import fcntl
+
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(store_uri(store))
     mlflow.set_registry_uri(store_uri(store))
+    # Processes that open a new store together (sweep workers) would race to create its
+    # tables; a file lock lets the first one build the database while the others wait.
+    with open(store / ".init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_experiment(experiment, store)
+
+
+def _ensure_experiment(experiment: str, store: Path) -> str:
+    """The experiment id, creating the experiment (artifacts inside the store) on first use."""
     # The kind tag makes the UI open on the runs table (model training), not the GenAI overview.
     kind = {"mlflow.experimentKind": "custom_model_development"}
     found = mlflow.get_experiment_by_name(experiment)
@@ -222,7 +233,9 @@ def register(
         incumbent = float(incumbent_version.tags[metric])
     except (mlflow.exceptions.MlflowException, KeyError):
         incumbent_version, incumbent = None, None
-    version = mlflow.register_model(model_uri, name, tags={metric: str(score), **{k: str(v) for k, v in tags.items()}})
+    version = mlflow.register_model(
+        model_uri, name, tags={metric: str(score), **{k: str(v) for k, v in tags.items()}}
+    )
     alias = CHAMPION if beats(score, incumbent, greater_is_better) else CHALLENGER
     if alias == CHAMPION and incumbent_version is not None:
         client.set_registered_model_alias(name, "previous_champion", incumbent_version.version)

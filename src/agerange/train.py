@@ -244,6 +244,7 @@ def train(
     on_epoch: EpochHook | None = None,
     jit: bool = False,
     feature_cache: dict | None = None,
+    cache_unfreeze_layers: int | None = None,
 ) -> TrainResult:
     """Two-phase training: the head on a frozen backbone, then the top `unfreeze_layers` layers.
 
@@ -267,6 +268,9 @@ def train(
         on_epoch: tracking hook called after every epoch.
         jit: compile with XLA (GPU).
         feature_cache: a dict shared across calls (an Optuna study) to reuse cached features.
+        cache_unfreeze_layers: place the cache boundary as if this many layers were unfrozen
+            (the deepest a sweep can ask for), so every trial of a backbone shares one cache;
+            the layers between that boundary and `unfreeze_layers` stay frozen.
     """
     import keras
 
@@ -295,7 +299,7 @@ def train(
         images_seen += epochs * len(train.groups)
         return _result(model, records, None, started, images_seen)
 
-    unfreeze(model, backbone, unfreeze_layers)
+    unfreeze(model, backbone, max(unfreeze_layers, cache_unfreeze_layers or 0))
     boundary = None if augment else boundary_layer(model, first_trainable_index(model))
     unfreeze(model, backbone, 0)  # phase 1: backbone frozen
 
@@ -357,20 +361,41 @@ def train(
 
 
 def _cached_features(cache, bottom, boundary, backbone, image_size, train, val, probe, batch_size) -> dict:
-    """Frozen-part outputs for every split, reused from `cache` when the same cut was computed before."""
-    key = (backbone, image_size, boundary, len(train.groups), len(val.groups))
-    if cache is not None and key in cache:
-        return cache[key]
+    """Frozen-part outputs for every split, each image computed once per cut and reused by path.
+
+    Keyed by file path, so trials that rebalance the training split differently still share
+    the features of the images they have in common.
+    """
+    cache = {} if cache is None else cache
+    store = cache.setdefault((backbone, image_size, boundary), {"row": {}, "plain": [], "mirror": []})
     features = {
-        "train": _compute_features(bottom, train.chips, batch_size),
-        "train_mirror": _compute_features(bottom, train.chips, batch_size, mirror=True),
-        "val": _compute_features(bottom, val.chips, batch_size),
+        "train": _gather(store, bottom, train, batch_size, "plain"),
+        "train_mirror": _gather(store, bottom, train, batch_size, "mirror"),
+        "val": _gather(store, bottom, val, batch_size, "plain"),
     }
     if probe is not None:
-        features["probe"] = _compute_features(bottom, probe.chips, batch_size)
-    if cache is not None:
-        cache[key] = features
+        features["probe"] = _gather(store, bottom, probe, batch_size, "plain")
     return features
+
+
+def _gather(store: dict, bottom, split: SplitData, batch_size: int, kind: str) -> np.ndarray:
+    """Features of a split's rows, computing only the images (of this kind) not seen before."""
+    rows = store["row"]
+    paths = split.table["path"].tolist()
+    first_of = {}
+    for index, path in enumerate(paths):
+        first_of.setdefault(path, index)
+    missing = [path for path in first_of if (path, kind) not in rows]
+    if missing:
+        chips = split.chips[[first_of[path] for path in missing]]
+        computed = _compute_features(bottom, chips, batch_size, mirror=kind == "mirror")
+        offset = sum(len(block) for block in store[kind])
+        store[kind].append(computed)
+        for position, path in enumerate(missing):
+            rows[(path, kind)] = offset + position
+    every = store[kind][0] if len(store[kind]) == 1 else np.concatenate(store[kind])
+    store[kind] = [every]
+    return every[[rows[(path, kind)] for path in paths]]
 
 
 def _result(model, records, boundary, started, images_seen) -> TrainResult:

@@ -37,6 +37,10 @@ def _dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory, mini_archive: Path) -> Path:
+    return make_repo(tmp_path_factory, mini_archive)
+
+
+def make_repo(tmp_path_factory: pytest.TempPathFactory, mini_archive: Path) -> Path:
     """A git + DVC copy of the project whose data.dvc points at the mini archive (a one-line change)."""
     root = tmp_path_factory.mktemp("repo") / "agerange"
     listed = subprocess.run(

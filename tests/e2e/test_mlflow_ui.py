@@ -77,8 +77,12 @@ def _browse(url: str, profile: Path, screenshot: Path | None = None) -> str:
     assert CHROMIUM, "Chromium is needed for this test: apt-get install chromium (CI's .ci/run does)"
     flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
     if screenshot is not None:
-        subprocess.run([CHROMIUM, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
-    result = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        subprocess.run(
+            [CHROMIUM, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120
+        )
+    result = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    )
     return result.stdout
 
 

@@ -1,0 +1,70 @@
+"""The nightly sweep: tune within a time budget, retrain the best, register it if it is better.
+
+    python pipelines/nightly.py [--trials N] [--timeout-minutes M] [--log-dir data/logs]
+
+Warm-starts from the existing study (its finished trials guide the sampler), refuses to start
+while another sweep holds the lock, logs to a file, and exits non-zero when any step fails.
+The registry's `champion` moves only to a better model (see the register stage).
+"""
+
+import argparse
+import datetime as dt
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from agerange.config import load_params
+
+LOCKED_EXIT = 75  # EX_TEMPFAIL: another sweep is running; try again later
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    params = load_params("tune")
+    parser.add_argument("--trials", type=int, default=params["nightly_trials"])
+    parser.add_argument("--timeout-minutes", type=float, default=params["timeout_minutes"])
+    parser.add_argument("--log-dir", type=Path, default=Path("data/logs"))
+    parser.add_argument("--lock", type=Path, default=Path("data/nightly.lock"))
+    args = parser.parse_args()
+
+    args.lock.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(args.lock, "w")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"nightly: another sweep holds {args.lock}; not starting", file=sys.stderr)
+        return LOCKED_EXIT
+
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = args.log_dir / f"nightly-{dt.datetime.now():%Y%m%d-%H%M%S}.log"
+    environment = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    python = sys.executable
+    steps = [
+        [python, "pipelines/tune.py", "--splits", "data/splits.parquet", "--images", "data/images",
+         "--out", "data/reports/tune/best_params.json", "--reports", "data/reports/tune",
+         "--checkpoints", "data/checkpoints/tune", "--add-trials", str(args.trials),
+         "--timeout-minutes", str(args.timeout_minutes)],
+        # The tune stage re-reads the study's best; train, evaluate and register follow if it changed.
+        [python, "-m", "dvc", "repro", "register"],
+    ]  # fmt: skip
+    with open(log_file, "a") as log:
+        for step in steps:
+            log.write(f"\n$ {' '.join(step)}\n")
+            log.flush()
+            status = subprocess.run(step, stdout=log, stderr=subprocess.STDOUT, env=environment).returncode
+            if status != 0:
+                print(
+                    f"nightly: step failed with status {status}: {' '.join(step[:3])}; see {log_file}",
+                    file=sys.stderr,
+                )
+                return status
+    print(f"nightly: done; log in {log_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""Tuning: an Optuna study over backbone, unfrozen layers, learning rates, dropout and rebalancing.
+
+The data is decoded once, outside the objective; the frozen part's output is cached at the
+lowest freeze boundary the search space can ask for and shared by every trial of a backbone.
+Trials are pruned on their per-epoch validation accuracy. The study lives in an RDB storage
+(SQLite by default, PostgreSQL to share it between workers) and survives being killed:
+finished trials are kept, and a trial whose worker died is marked failed and retried.
+"""
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from agerange.rebalance import rebalance
+from agerange.train import SplitData, train
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+PRUNERS = {
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=2),
+    "none": optuna.pruners.NopPruner,
+}
+
+
+def _by_name(registry: dict, name: str, what: str):
+    if name not in registry:
+        raise ValueError(f"unknown {what} '{name}' (valid: {', '.join(registry)})")
+    return registry[name]
+
+
+def open_study(
+    storage_url: str, study_name: str, sampler: str, pruner: str, seed: int, heartbeat_seconds: int = 10
+) -> optuna.Study:
+    """Create or load a study in an RDB storage, with heartbeats so dead workers' trials are retried.
+
+    A running trial whose worker sent no heartbeat for three intervals is marked failed when a
+    worker next starts a trial, and its params are queued again once (a killed sweep loses no
+    finished trial and repeats none).
+    """
+    import sqlalchemy.exc
+
+    for attempt in range(6):
+        try:
+            storage = optuna.storages.RDBStorage(
+                storage_url,
+                heartbeat_interval=heartbeat_seconds,
+                grace_period=3 * heartbeat_seconds,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                engine_kwargs={"pool_pre_ping": True},
+            )
+            return optuna.create_study(
+                study_name=study_name,
+                storage=storage,
+                direction="maximize",
+                sampler=_by_name(SAMPLERS, sampler, "sampler")(seed=seed),
+                pruner=_by_name(PRUNERS, pruner, "pruner")(),
+                load_if_exists=True,
+            )
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            # Workers starting together on an empty database race to create its tables:
+            # the loser sees a duplicate-key error and simply tries again.
+            if attempt == 5:
+                raise
+            log.info("storage not ready (%s); retrying", type(error).__name__)
+            time.sleep(0.5 + random.random() * 2)
+    raise AssertionError("unreachable")
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
+    """One point of the search space (params.yaml `tune.space`)."""
+    backbone = trial.suggest_categorical("backbone", space["backbone"])
+    low, high = space["unfreeze_layers"][backbone]
+    return {
+        "backbone": backbone,
+        "unfreeze_layers": trial.suggest_int("unfreeze_layers", low, high),
+        "head_learning_rate": trial.suggest_float(
+            "head_learning_rate", *space["head_learning_rate"], log=True
+        ),
+        "finetune_learning_rate": trial.suggest_float(
+            "finetune_learning_rate", *space["finetune_learning_rate"], log=True
+        ),
+        "dropout": trial.suggest_float("dropout", *space["dropout"]),
+        "rebalance_strategy": trial.suggest_categorical("rebalance_strategy", space["rebalance_strategy"]),
+    }
+
+
+def training_rows(train_split: SplitData, strategy: str, max_per_group: int | None, seed: int) -> SplitData:
+    """Rebalance the (already decoded) training split without decoding anything again."""
+    table = train_split.table.assign(_row=np.arange(len(train_split.table)))
+    balanced = rebalance(table, strategy, max_per_group, seed)
+    rows = balanced["_row"].to_numpy()
+    return SplitData(
+        train_split.chips[rows],
+        train_split.groups[rows],
+        balanced["weight"].to_numpy(np.float32),
+        balanced.drop(columns="_row").reset_index(drop=True),
+    )
+
+
+def make_objective(
+    train_split: SplitData,
+    val: SplitData,
+    space: dict[str, Any],
+    base: dict[str, Any],
+    rebalance_params: dict[str, Any],
+    checkpoint_root: Path,
+    run_trial: Callable,
+) -> Callable[[optuna.Trial], float]:
+    """The objective: train one configuration, report each epoch, return the best validation accuracy.
+
+    Args:
+        train_split, val: decoded once, before the study starts.
+        space: the search space.
+        base: the train section of params.yaml (everything not tuned).
+        rebalance_params: `max_per_group` and `seed` of the rebalance section.
+        checkpoint_root: per-trial checkpoint folders live under it.
+        run_trial: context manager factory (trial number, params) -> hook, provided by the
+            entry point (it opens a nested MLflow run); the hook receives each epoch's metrics.
+    """
+    feature_cache: dict = {}
+    deepest = {name: high for name, (_, high) in space["unfreeze_layers"].items()}
+
+    def objective(trial: optuna.Trial) -> float:
+        import keras
+
+        keras.backend.clear_session()  # one graph per trial, or memory grows with every trial
+        chosen = suggest(trial, space)
+        rows = training_rows(train_split, chosen["rebalance_strategy"], rebalance_params["max_per_group"],
+                             rebalance_params["seed"])  # fmt: skip
+        settings = {**base, **{k: v for k, v in chosen.items() if k in base}}
+        with run_trial(trial.number, chosen) as log_epoch:
+
+            def on_epoch(phase: str, epoch: int, metrics: dict[str, float]) -> None:
+                log_epoch(phase, epoch, metrics)
+                trial.report(metrics["val_accuracy"], step=epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+            result = train(
+                rows, val, None,
+                backbone=settings["backbone"], image_size=settings["image_size"],
+                weights_dir=Path(settings["weights_dir"]), weights_sha256=settings.get("weights_sha256"),
+                unfreeze_layers=settings["unfreeze_layers"], dropout=settings["dropout"],
+                head_learning_rate=settings["head_learning_rate"],
+                finetune_learning_rate=settings["finetune_learning_rate"],
+                head_epochs=settings["head_epochs"], finetune_epochs=settings["finetune_epochs"],
+                patience=settings["patience"], batch_size=settings["batch_size"],
+                neighbour_smoothing=settings["neighbour_smoothing"], augment=False, seed=settings["seed"],
+                checkpoint_dir=checkpoint_root / f"trial_{trial.number}", on_epoch=on_epoch,
+                feature_cache=feature_cache, cache_unfreeze_layers=deepest.get(settings["backbone"]),
+            )  # fmt: skip
+        return float(result.history["val_accuracy"].max())
+
+    return objective
+
+
+def best_params(study: optuna.Study) -> dict[str, Any]:
+    """The best finished trial's params and value, or an empty result when none finished."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return {"trials": 0, "best_value": None, "params": {}}
+    finished = [
+        t
+        for t in study.trials
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
+    return {
+        "trials": len(finished),
+        "best_trial": best.number,
+        "best_value": best.value,
+        "params": best.params,
+    }
+
+
+def finished_trials(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    return study.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
+
+
+def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """Optimisation history, parameter importances and unfrozen layers x learning rate, as HTML."""
+    from optuna import visualization as vis
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    plots = {
+        "optimization_history.html": lambda: vis.plot_optimization_history(study),
+        "param_importances.html": lambda: vis.plot_param_importances(study),
+        "unfreeze_layers_x_finetune_lr.html": lambda: vis.plot_contour(
+            study, params=["unfreeze_layers", "finetune_learning_rate"]
+        ),
+    }
+    for name, plot in plots.items():
+        try:
+            plot().write_html(folder / name, include_plotlyjs=True)  # offline: embed plotly.js
+            written.append(folder / name)
+        except (ValueError, RuntimeError) as error:  # too few finished trials for this plot
+            log.info("skipped %s: %s", name, error)
+    return written

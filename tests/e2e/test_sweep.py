@@ -1,0 +1,88 @@
+"""Optuna sweeps end to end: a 3-trial sweep into the registry, and resuming after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from tests.e2e.conftest import TINY_SPACE, set_params
+from tests.e2e.test_data_pipeline import _dvc, _run
+
+pytestmark = pytest.mark.slow
+
+
+def test_three_trial_sweep_trains_the_best_and_registers_it(sweep_repo):
+    set_params(sweep_repo, tune={"n_trials": 3})
+    result = _dvc("repro", "register", cwd=sweep_repo)
+    assert "tune: study 'agerange' has 3 finished trials" in result.stdout
+    best = json.loads((sweep_repo / "data/reports/tune/best_params.json").read_text())
+    assert best["trials"] == 3 and set(best["params"]) == set(TINY_SPACE)
+    assert "using the tuned params" in result.stderr
+    registration = json.loads((sweep_repo / "data/reports/registration.json").read_text())
+    assert registration["alias"] == "champion" and registration["version"] == 1
+
+    import mlflow
+
+    from agerange import tracking
+
+    mlflow.set_tracking_uri(tracking.store_uri(sweep_repo / "mlruns"))
+    runs = mlflow.search_runs(experiment_names=["agerange"])
+    sweep = runs[runs["tags.mlflow.runName"] == "sweep-agerange"]
+    trials = runs[runs["tags.mlflow.parentRunId"] == sweep["run_id"].iloc[0]]
+    assert len(sweep) == 1 and len(trials) == 3
+    assert set(trials["tags.optuna.state"]) <= {"complete", "pruned"}
+    assert "params.best.unfreeze_layers" in sweep.columns
+    assert (sweep_repo / "data/reports/tune/optimization_history.html").is_file()
+
+
+def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(sweep_repo):
+    storage = f"sqlite:///{sweep_repo / 'data' / 'resume.db'}"
+    command = [
+        sys.executable, "pipelines/tune.py", "--splits", "data/splits.parquet", "--images", "data/images",
+        "--out", "data/reports/tune/resume.json", "--reports", "data/reports/tune-resume",
+        "--checkpoints", "data/checkpoints/tune-resume", "--storage", storage,
+    ]  # fmt: skip
+    set_params(sweep_repo, tune={"n_trials": 4, "heartbeat_seconds": 1})
+    environment = {**os.environ, "PYTHONPATH": str(sweep_repo / "src")}
+    worker = subprocess.Popen(command, cwd=sweep_repo, env=environment, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    study = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until one trial finished and the next is running
+        time.sleep(1)
+        try:
+            study = optuna.load_study(study_name="agerange", storage=storage)
+        except KeyError:
+            continue
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        if states.count(optuna.trial.TrialState.COMPLETE) >= 1 and optuna.trial.TrialState.RUNNING in states:
+            break
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    finished_before = {
+        t.number: t.params for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    }
+    assert finished_before, "no trial finished before the kill"
+
+    time.sleep(4)  # past the heartbeat grace period: the killed trial is stale
+    _run(command, cwd=sweep_repo)
+    study = optuna.load_study(study_name="agerange", storage=storage)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert len(complete) == 4
+    for number, params in finished_before.items():  # nothing finished was lost or rerun
+        assert study.trials[number].params == params
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert len(failed) == 1  # the trial killed mid-way...
+    retried = [
+        t
+        for t in study.trials
+        if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is not None
+    ]
+    assert [optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in retried] == [
+        failed[0].number
+    ]

@@ -50,7 +50,6 @@ def main() -> None:
     write_json(results, args.metrics)
 
     reference = tracking.read_run_reference(args.model / "run.json")
-    tracking.use_store(Path(reference["tracking_uri"].removeprefix("sqlite:///")).parent)
     with tracking.start_run("", "", resume_run_id=reference["run_id"]):
         # eval_val_*, not val_*: the per-epoch val_* series of the training run keep their meaning
         for side, metrics in results.items():

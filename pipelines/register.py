@@ -26,7 +26,6 @@ def main() -> None:
     evaluation = json.loads(args.evaluation.read_text())
     split, metric = params["split"], params["metric"]
     score = float(evaluation[split][metric])
-    tracking.use_store(Path(reference["tracking_uri"].removeprefix("sqlite:///")).parent)
     tags = {
         "run_id": reference["run_id"],
         "git_commit": tracking.git_commit(),

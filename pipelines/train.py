@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -93,10 +94,7 @@ def main() -> None:
     previous = json.loads(state_file.read_text()) if state_file.is_file() else {}
     if previous.get("params") != params:
         previous = {}  # different settings: start afresh rather than resume a different training
-        if args.checkpoints.exists():
-            import shutil
-
-            shutil.rmtree(args.checkpoints)
+        shutil.rmtree(args.checkpoints, ignore_errors=True)
     with tracking.start_run(experiment, f"train-{params['backbone']}", previous.get("run_id")):
         run_id = tracking.active_run_id()
         args.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -153,8 +151,6 @@ def main() -> None:
         tracking.log_artifacts([args.history, curves, args.model / "model_info.json"], folder="training")
         model_uri = tracking.log_keras_model(result.model, info, data["probe"].chips[:2])
         tracking.write_run_reference(args.model / "run.json", run_id, model_uri)
-    import shutil
-
     shutil.rmtree(args.checkpoints, ignore_errors=True)
     print(
         f"train: {len(train_rows)} training rows, {len(val_rows)} validation images, {params['backbone']} at "

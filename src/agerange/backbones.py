@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agerange.files import ChecksumError, sha256_file
+from agerange.files import sha256_file
 
 
 class WeightsError(ValueError):
@@ -160,6 +160,3 @@ def backbone_layer_names(model, backbone_name: str) -> list[str]:
     first = next(i for i, name in enumerate(names) if name.startswith("preprocess_")) + 1
     last = names.index("features")  # the pooling layer that starts the head
     return names[first:last]
-
-
-__all__ = ["BACKBONES", "Backbone", "ChecksumError", "WeightsError", "get_backbone", "resolve_weights"]

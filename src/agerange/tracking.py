@@ -192,7 +192,11 @@ def write_run_reference(path: Path, run_id: str, model_uri: str | None = None) -
 
 
 def read_run_reference(path: Path) -> dict[str, str]:
-    return json.loads(Path(path).read_text())
+    """The run reference a train stage wrote, with MLflow pointed at that run's store."""
+    reference = json.loads(Path(path).read_text())
+    store = Path(reference["tracking_uri"].removeprefix("sqlite:///")).parent
+    use_store(store)
+    return reference
 
 
 CHAMPION = "champion"

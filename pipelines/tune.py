@@ -17,7 +17,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from agerange import tracking  # noqa: E402
 from agerange.config import load_params, setup_logging  # noqa: E402
 from agerange.files import write_csv, write_json  # noqa: E402
 from agerange.train import configure_device, load_split  # noqa: E402
@@ -67,6 +66,8 @@ def main() -> None:
 
 def run_sweep(study: optuna.Study, target: int, timeout: float, params: dict, args) -> None:
     """Run trials until the study has `target` finished ones or the time budget is spent."""
+    from agerange import tracking  # imported here: reading the best of a study needs no MLflow
+
     device = configure_device(load_params("train")["mixed_precision"])
     base = load_params("train")
     splits = pd.read_parquet(args.splits)

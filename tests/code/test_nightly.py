@@ -1,0 +1,42 @@
+"""The nightly sweep's guard rails: the lock, the log file and the exit status."""
+
+import fcntl
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import PROJECT_ROOT
+
+
+def _workspace(tmp_path: Path) -> Path:
+    """params.yaml and the stage scripts, but no data: every step that needs data fails."""
+    shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(PROJECT_ROOT / "pipelines", tmp_path / "pipelines")
+    return tmp_path
+
+
+def _nightly(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "pipelines/nightly.py", "--trials", "1", "--timeout-minutes", "1", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_refuses_to_start_while_another_sweep_holds_the_lock(tmp_path):
+    workspace = _workspace(tmp_path)
+    lock_path = workspace / "data" / "nightly.lock"
+    lock_path.parent.mkdir()
+    with open(lock_path, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = _nightly(workspace)
+    assert result.returncode == 75
+    assert "another sweep holds" in result.stderr
+    assert not (workspace / "data" / "logs").exists()  # it did not start
+
+
+def test_a_failing_step_exits_non_zero_and_leaves_a_log(tmp_path):
+    workspace = _workspace(tmp_path)
+    result = _nightly(workspace)
+    assert result.returncode != 0
+    assert "step failed" in result.stderr
+    logs = list((workspace / "data" / "logs").glob("nightly-*.log"))
+    assert len(logs) == 1 and "pipelines/tune.py" in logs[0].read_text()

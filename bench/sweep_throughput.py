@@ -8,7 +8,7 @@
 Both run the same number of trials with the same seeded sampler over the same search space,
 in the same process, one after the other. Prints trials per hour and the ratio.
 
-    python bench/sweep_throughput.py [--trials 6] [--n-train 1200] [--n-val 400] [--size 96]
+    python bench/sweep_throughput.py [--trials 6] [--n-train 1200] [--n-val 400] [--size 160]
 """
 
 import argparse
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--n-train", type=int, default=1200)
     parser.add_argument("--n-val", type=int, default=400)
-    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--size", type=int, default=160, help="chip side; 160 is train.image_size")
     parser.add_argument("--epochs", type=int, default=3, help="per phase")
     args = parser.parse_args()
 

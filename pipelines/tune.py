@@ -20,7 +20,15 @@ import pandas as pd  # noqa: E402
 from agerange.config import load_params, setup_logging  # noqa: E402
 from agerange.files import write_csv, write_json  # noqa: E402
 from agerange.train import configure_device, load_split  # noqa: E402
-from agerange.tune import best_params, finished_trials, make_objective, open_study, trials_table, write_plots  # noqa: E402
+from agerange.tune import (  # noqa: E402
+    baseline_params,
+    best_params,
+    finished_trials,
+    make_objective,
+    open_study,
+    trials_table,
+    write_plots,
+)
 
 log = logging.getLogger("tune")
 
@@ -96,6 +104,11 @@ def run_sweep(study: optuna.Study, target: int, timeout: float, params: dict, ar
                 tracking.set_tags({"optuna.state": "failed"})
                 raise
 
+    if not study.trials:
+        baseline = baseline_params(params["space"], base, load_params("rebalance")["strategy"])
+        if baseline is not None:
+            study.enqueue_trial(baseline, skip_if_exists=True)
+            log.info("queued params.yaml's configuration as the first trial: %s", baseline)
     objective = make_objective(
         train_split, val, params["space"], base, load_params("rebalance"), args.checkpoints, run_trial
     )

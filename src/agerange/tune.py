@@ -93,6 +93,30 @@ def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def baseline_params(
+    space: dict[str, Any], train_params: dict[str, Any], strategy: str
+) -> dict[str, Any] | None:
+    """params.yaml's own configuration as a point of the space, or None when it lies outside it.
+
+    Queued as the first trial of a new study, so the study's best (which the train stage
+    uses) is never worse on validation than training with params.yaml's values.
+    """
+    point = {
+        key: train_params[key]
+        for key in ("backbone", "unfreeze_layers", "head_learning_rate", "finetune_learning_rate", "dropout")
+    }
+    point["rebalance_strategy"] = strategy
+    low, high = space["unfreeze_layers"].get(point["backbone"], (None, None))
+    inside = (
+        point["backbone"] in space["backbone"]
+        and low is not None and low <= point["unfreeze_layers"] <= high
+        and all(space[key][0] <= point[key] <= space[key][1]
+                for key in ("head_learning_rate", "finetune_learning_rate", "dropout"))
+        and strategy in space["rebalance_strategy"]
+    )  # fmt: skip
+    return point if inside else None
+
+
 def training_rows(train_split: SplitData, strategy: str, max_per_group: int | None, seed: int) -> SplitData:
     """Rebalance the (already decoded) training split without decoding anything again."""
     table = train_split.table.assign(_row=np.arange(len(train_split.table)))

@@ -40,3 +40,22 @@ def test_a_failing_step_exits_non_zero_and_leaves_a_log(tmp_path):
     assert "step failed" in result.stderr
     logs = list((workspace / "data" / "logs").glob("nightly-*.log"))
     assert len(logs) == 1 and "pipelines/tune.py" in logs[0].read_text()
+
+
+def test_params_yaml_configuration_is_the_baseline_trial_when_inside_the_space():
+    import yaml
+
+    from agerange.tune import baseline_params
+
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    point = baseline_params(params["tune"]["space"], params["train"], params["rebalance"]["strategy"])
+    assert point == {
+        "backbone": params["train"]["backbone"],
+        "unfreeze_layers": params["train"]["unfreeze_layers"],
+        "head_learning_rate": params["train"]["head_learning_rate"],
+        "finetune_learning_rate": params["train"]["finetune_learning_rate"],
+        "dropout": params["train"]["dropout"],
+        "rebalance_strategy": params["rebalance"]["strategy"],
+    }
+    outside = {**params["train"], "dropout": 0.99}
+    assert baseline_params(params["tune"]["space"], outside, params["rebalance"]["strategy"]) is None

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agerange.files import write_png
 from agerange.inference import decode_probabilities
 from agerange.labels import ETHNICITIES, GENDERS, GROUP_NAMES
 
@@ -189,7 +190,7 @@ def plot_report(
     axis.set_ylabel("actual")
     axis.set_title("Confusion matrix (colour: share of the actual group)")
     figure.tight_layout()
-    written.append(_save(figure, out_dir / "confusion_matrix.png"))
+    written.append(write_png(figure, out_dir / "confusion_matrix.png"))
 
     figure, axis = plt.subplots(figsize=(5, 5))
     calibration = tables["calibration"]
@@ -199,7 +200,7 @@ def plot_report(
     axis.set_ylabel("accuracy")
     axis.set_title("Reliability")
     axis.legend()
-    written.append(_save(figure, out_dir / "calibration.png"))
+    written.append(write_png(figure, out_dir / "calibration.png"))
 
     columns = 4
     rows = max(1, int(np.ceil(len(mistakes) / columns)))
@@ -215,7 +216,7 @@ def plot_report(
         )
     figure.suptitle("Most confident mistakes")
     figure.tight_layout()
-    written.append(_save(figure, out_dir / "worst_mistakes.png"))
+    written.append(write_png(figure, out_dir / "worst_mistakes.png"))
     return written
 
 
@@ -246,15 +247,4 @@ def plot_curves(history: pd.DataFrame, path: Path) -> Path:
     left.set_title("Accuracy")
     right.set_title("Loss")
     figure.tight_layout()
-    return _save(figure, path)
-
-
-def _save(figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from agerange.files import atomic_path
-
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
-    return path
+    return write_png(figure, path)

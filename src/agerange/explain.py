@@ -34,7 +34,7 @@ def plot_feature_maps(chip: np.ndarray, maps: np.ndarray, layer: str, path: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from agerange.files import atomic_path
+    from agerange.files import write_png
 
     strongest = np.argsort(maps.reshape(-1, maps.shape[-1]).mean(axis=0))[::-1][:count]
     columns = 8
@@ -51,7 +51,4 @@ def plot_feature_maps(chip: np.ndarray, maps: np.ndarray, layer: str, path: Path
         f"Feature maps of layer {layer} ({maps.shape[0]}x{maps.shape[1]}, {maps.shape[2]} channels)"
     )
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
-    return path
+    return write_png(figure, path)

@@ -79,3 +79,13 @@ def write_csv(table: pd.DataFrame, path: Path) -> None:
     """Write a CSV table atomically (DVC plots and people read these)."""
     with atomic_path(path) as temporary:
         table.to_csv(temporary, index=False)
+
+
+def write_png(figure, path: Path) -> Path:
+    """Save a Matplotlib figure as PNG atomically and release it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+    return path

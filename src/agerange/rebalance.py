@@ -99,7 +99,7 @@ def plot_distributions(tables: dict[str, pd.DataFrame], path: Path) -> None:
     matplotlib.use("Agg")  # no display here; chosen at call time, not on import
     import matplotlib.pyplot as plt
 
-    from agerange.files import atomic_path
+    from agerange.files import write_png
 
     figure, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4.5), squeeze=False)
     for axis, (title, table) in zip(axes[0], tables.items(), strict=True):
@@ -111,6 +111,4 @@ def plot_distributions(tables: dict[str, pd.DataFrame], path: Path) -> None:
         axis.set_ylabel("training images (weighted)")
         axis.legend()
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
+    write_png(figure, path)

@@ -16,7 +16,9 @@ from agerange.files import write_json
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, required=True, help="the train stage's model folder")
+    parser.add_argument(
+        "--model", type=Path, required=True, help="the package stage's model folder (with run.json)"
+    )
     parser.add_argument("--evaluation", type=Path, required=True, help="the evaluate stage's metrics")
     parser.add_argument("--out", type=Path, required=True, help="JSON: version, alias, scores")
     args = parser.parse_args()

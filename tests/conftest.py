@@ -68,3 +68,25 @@ def make_tar(path: Path, files: dict[str, bytes], top: str = "faces") -> Path:
 def metadata_frame(rows: list[dict]) -> pd.DataFrame:
     """A metadata-like table with just the columns the split and rebalance steps use."""
     return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def packaged_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real packaged model folder (as the package stage writes it) around an untrained small CNN
+    at 32 px: the detector, alignment, TFLite classifier and pyfunc are all the real ones."""
+    import keras
+
+    from agerange.labels import GROUP_NAMES
+    from agerange.model import build_classifier
+    from agerange.serving import package
+
+    keras.utils.set_random_seed(0)
+    model = build_classifier("small_cnn", 32, Path("unused"), dropout=0.1)
+    info = {"backbone": "small_cnn", "image_size": 32, "class_names": list(GROUP_NAMES)}
+    folder = tmp_path_factory.mktemp("packaged") / "serving"
+    settings = {"detector": "blazeface_short", "min_detector_score": 0.6, "min_face_pixels": 32, "flip": True}
+    package(model, info, folder, settings)
+    return folder
+
+
+FAIRFACE = SHARED_DATA / "new_photos" / "fairface"

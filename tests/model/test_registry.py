@@ -48,3 +48,17 @@ def test_a_tie_does_not_move_champion():
     assert tracking.beats(0.5, None)
     assert not tracking.beats(0.5, 0.5)
     assert tracking.beats(4.0, 5.0, greater_is_better=False)
+
+
+def test_the_same_training_run_packaged_anew_takes_champion_but_another_run_at_a_tie_does_not(store):
+    """Repackaging the champion's own weights (same run, same score) moves `champion` to the new
+    package; a different model with the same score does not."""
+    uri = _log(store, 1)
+    run_id = uri.split("/")[1]
+    tracking.register(uri, "val_accuracy", 0.55, {"run_id": run_id})
+    repackaged = tracking.register(uri, "val_accuracy", 0.55, {"run_id": run_id})
+    assert repackaged["alias"] == "champion" and repackaged["repackaged"]
+    other = _log(store, 2)
+    tie = tracking.register(other, "val_accuracy", 0.55, {"run_id": other.split("/")[1]})
+    assert tie["alias"] == "challenger" and not tie["repackaged"]
+    assert tracking.aliases() == {"champion": 2, "previous_champion": 1, "challenger": 3}

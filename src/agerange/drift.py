@@ -1,0 +1,228 @@
+"""Drift: how new photos differ from the photos the champion was trained on.
+
+Every photo, training chip or new photo alike, goes through the same predict path
+(`AgePredictor`: detect, align, classify) and is described by one row: image statistics
+(brightness, contrast, blur, colour, size, aspect), what the detector saw (face count, size of
+the largest face relative to the photo, its confidence), the predicted age group and the
+penultimate-layer embedding of the largest face. Evidently compares new rows with training rows.
+
+The tests are calibrated so that a held-back slice of UTKFace itself shows no drift: each
+column's test runs at a Bonferroni-corrected level (5% over all columns together), and the
+embedding test is a classifier's ROC AUC at telling the two sets apart, which is 0.5 when they
+cannot be told apart whatever the embedding's scale.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from agerange.ingest import QUALITY_SIZE, image_quality
+from agerange.preprocess import ImageError, read_image
+
+log = logging.getLogger(__name__)
+
+FEATURES = [
+    "brightness",
+    "contrast",
+    "blur",
+    "red",
+    "green",
+    "blue",
+    "saturation",
+    "width",
+    "height",
+    "aspect",
+    "face_count",
+    "face_box_fraction",
+    "detector_score",
+]
+PREDICTION = "predicted_group"
+EMBEDDING = "penultimate"
+EMBEDDING_DIMENSIONS = 16  # principal components of the embedding kept for the drift test
+FAIRFACE_RANGES = [(0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, None)]
+
+
+def describe_photo(predictor, image, name: str) -> tuple[dict[str, Any], np.ndarray | None]:
+    """One row of drift features for a photo, and the embedding of its largest face (None: no face)."""
+    thumbnail = image.resize((QUALITY_SIZE, QUALITY_SIZE), resample=1)  # the ingest stage's scale
+    row: dict[str, Any] = {"photo": name, **image_quality(np.asarray(thumbnail, dtype=np.float32) / 255.0)}
+    row.update(width=image.width, height=image.height, aspect=image.width / image.height)
+    result, embeddings = predictor.predict_image(image, name)
+    row["face_count"] = len(result.faces)
+    if result.faces:
+        largest = result.faces[0]  # faces come largest first
+        row["face_box_fraction"] = (largest.box[2] - largest.box[0]) / image.width
+        row["detector_score"] = largest.detector_score
+        row[PREDICTION] = largest.age_group
+        row["expected_age"] = largest.expected_age
+        return row, embeddings[0]
+    row.update(face_box_fraction=0.0, detector_score=0.0, expected_age=np.nan)
+    row[PREDICTION] = "no face"
+    return row, None
+
+
+def describe_photos(predictor, paths: list[Path], names: list[str] | None = None) -> pd.DataFrame:
+    """Drift features for many photos; unreadable photos are logged and left out."""
+    rows, embeddings = [], []
+    for path, name in tqdm(
+        list(zip(paths, names or [str(p) for p in paths], strict=True)), desc="describe", unit=" photo"
+    ):
+        try:
+            image = read_image(Path(path), name)
+        except ImageError as error:
+            log.warning("%s", error)
+            continue
+        row, embedding = describe_photo(predictor, image, name)
+        rows.append(row)
+        embeddings.append(embedding)
+    table = pd.DataFrame(rows)
+    width = next((len(e) for e in embeddings if e is not None), 0)
+    matrix = np.stack([e if e is not None else np.full(width, np.nan) for e in embeddings]) if rows else None
+    for column in range(width):
+        table[f"emb_{column}"] = matrix[:, column]
+    return table
+
+
+def embedding_projection(reference: pd.DataFrame, dimensions: int = EMBEDDING_DIMENSIONS):
+    """Principal axes of the reference embeddings: (mean, components), fitted on reference only."""
+    columns = [c for c in reference.columns if c.startswith("emb_")]
+    matrix = reference[columns].dropna().to_numpy(dtype=np.float64)
+    mean = matrix.mean(axis=0)
+    _, _, axes = np.linalg.svd(matrix - mean, full_matrices=False)
+    return columns, mean, axes[:dimensions]
+
+
+def project(table: pd.DataFrame, projection) -> pd.DataFrame:
+    """The table with its raw embedding replaced by its principal components (pc_0, pc_1, ...)."""
+    columns, mean, axes = projection
+    components = (table[columns].to_numpy(dtype=np.float64) - mean) @ axes.T
+    projected = table.drop(columns=columns)
+    for index in range(components.shape[1]):
+        projected[f"pc_{index}"] = components[:, index]
+    return projected
+
+
+def fairface_range(age: float) -> int:
+    """Index of the FairFace age range (0-2, 3-9, 10-19, ..., 70+) holding an age in years."""
+    for index, (_, highest) in enumerate(FAIRFACE_RANGES):
+        if highest is None or age < highest + 1:
+            return index
+    return len(FAIRFACE_RANGES) - 1
+
+
+def range_accuracy(described: pd.DataFrame, labels: pd.DataFrame) -> dict[str, float]:
+    """Accuracy at FairFace's range level: the expected age of the largest face against the label.
+
+    Args:
+        described: `describe_photos` output (column `photo` is the file name).
+        labels: FairFace labels (`filename`, `age_min`).
+    """
+    merged = described.merge(labels, left_on="photo", right_on="filename")
+    if merged.empty:
+        return {}
+    truth = merged["age_min"].map(fairface_range)
+    found = merged["expected_age"].notna()
+    predicted = merged.loc[found, "expected_age"].map(fairface_range)
+    error = (predicted - truth[found]).abs()
+    return {
+        "labelled_photos": int(len(merged)),
+        "photos_with_face": int(found.sum()),
+        "range_accuracy": float((error == 0).mean()) if found.any() else 0.0,
+        "range_within_one": float((error <= 1).mean()) if found.any() else 0.0,
+        # photos where no face was found count as wrong here
+        "range_accuracy_all_photos": float((error == 0).sum() / len(merged)),
+    }
+
+
+def drift_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    html: Path | None = None,
+    alpha: float = 0.05,
+    embedding_auc: float = 0.6,
+) -> dict[str, Any]:
+    """Evidently drift report of `current` against `reference`; returns a JSON-ready summary.
+
+    Args:
+        reference, current: `describe_photos` tables.
+        html: where to write Evidently's HTML report (atomically), if given.
+        alpha: family-wise false-alarm rate over all columns (each test runs at alpha / columns).
+        embedding_auc: ROC AUC above which the embeddings count as drifted.
+    """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import EmbeddingsDrift
+    from evidently.metrics.embeddings import ModelDriftMethod
+    from evidently.presets import DataDriftPreset
+    from evidently.tests import lte
+
+    projection = embedding_projection(reference)
+    reference, current = project(reference, projection), project(current, projection)
+    components = [c for c in reference.columns if c.startswith("pc_")]
+    # photos without a face have no embedding; the embedding test compares faces only
+    reference, current = (
+        reference.fillna({c: 0.0 for c in components}),
+        current.fillna({c: 0.0 for c in components}),
+    )
+    columns = FEATURES + [PREDICTION]
+    level = alpha / len(columns)
+    definition = DataDefinition(
+        numerical_columns=FEATURES, categorical_columns=[PREDICTION], embeddings={EMBEDDING: components}
+    )
+    report = Report(
+        [
+            DataDriftPreset(
+                columns=columns, num_method="ks", cat_method="chisquare", threshold=level, drift_share=0.5
+            ),
+            EmbeddingsDrift(
+                embeddings_name=EMBEDDING,
+                drift_method=ModelDriftMethod(threshold=embedding_auc, bootstrap=False),
+                tests=[lte(embedding_auc)],
+            ),
+        ],
+        include_tests=True,
+    )
+    keep = ["photo", *columns, *components]
+    snapshot = report.run(
+        Dataset.from_pandas(current[keep], data_definition=definition),
+        Dataset.from_pandas(reference[keep], data_definition=definition),
+    )  # Evidently 0.7 takes the current data first
+    if html is not None:
+        from agerange.files import atomic_path
+
+        with atomic_path(Path(html)) as temporary:
+            snapshot.save_html(str(temporary))
+    return summarize(snapshot.dict(), level)
+
+
+def summarize(snapshot: dict[str, Any], level: float) -> dict[str, Any]:
+    """Per-column verdicts, the embedding verdict and the drifted columns from an Evidently snapshot."""
+    status = {
+        test["metric_config"]["metric_id"]: str(getattr(test["status"], "value", test["status"]))
+        for test in snapshot["tests"]
+    }
+    columns, embedding = {}, {}
+    for metric in snapshot["metrics"]:
+        config, kind = metric["config"], metric["config"]["type"]
+        drifted = status.get(metric["id"]) == "FAIL"
+        if kind.endswith("ValueDrift"):
+            columns[config["column"]] = {
+                "drifted": drifted,
+                "test": config["method"],
+                "p_value": float(metric["value"]),
+            }
+        elif kind.endswith("EmbeddingsDrift"):
+            embedding = {"drifted": drifted, "test": "classifier ROC AUC", "score": float(metric["value"])}
+    drifted = [name for name, verdict in columns.items() if verdict["drifted"]]
+    if embedding.get("drifted"):
+        drifted.append(EMBEDDING)
+    return {
+        "drifted": drifted,
+        "drift": bool(drifted),
+        "level_per_column": level,
+        "columns": columns,
+        "embedding": embedding,
+    }

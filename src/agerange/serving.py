@@ -1,0 +1,131 @@
+"""The served model: the trained classifier exported for fast CPU inference, wrapped as an MLflow pyfunc.
+
+`export_classifier` writes a TFLite file with two outputs (group probabilities and the
+penultimate-layer embedding). `AgeRangeModel` is the pyfunc that `mlflow models serve` runs:
+it takes a DataFrame with an `image` column of photo bytes and returns one row per face. The
+package stage saves and logs it (tracking.save_serving_model); the register stage registers it.
+"""
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+log = logging.getLogger(__name__)
+
+OUTPUT_COLUMNS = [
+    "photo",
+    "face",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "detector_score",
+    "age_group",
+    "probability",
+    "expected_age",
+    "error",
+]
+
+
+def export_classifier(model, path: Path) -> Path:
+    """Write the Keras classifier as TFLite, with its `features` layer as a second output."""
+    import contextlib
+
+    import keras
+    import tensorflow as tf
+
+    from agerange.files import atomic_path
+
+    two_outputs = keras.Model(model.inputs, [model.output, model.get_layer("features").output])
+    converter = tf.lite.TFLiteConverter.from_keras_model(two_outputs)
+    # the converter prints every captured tensor to stdout; keep the stage log readable
+    with contextlib.redirect_stdout(io.StringIO()):
+        flat = converter.convert()
+    with atomic_path(Path(path)) as temporary:
+        temporary.write_bytes(flat)
+    return Path(path)
+
+
+def package(model, info: dict[str, Any], out: Path, predict_settings: dict[str, Any]) -> float:
+    """Export `model`, check the export agrees with it, and save the pyfunc folder at `out`.
+
+    Returns the largest probability difference between the TFLite export and Keras.
+    """
+    import json
+    import tempfile
+
+    import numpy as np
+
+    from agerange import tracking
+    from agerange.predict import CLASSIFIER_FILE, INFO_FILE, Classifier
+
+    info = {**info, "predict": predict_settings}
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        export_classifier(model, scratch / CLASSIFIER_FILE)
+        (scratch / INFO_FILE).write_text(json.dumps(info, indent=2))
+        size = int(info["image_size"])
+        chips = np.random.default_rng(0).integers(0, 256, (4, size, size, 3)).astype(np.float32)
+        exported = Classifier(scratch / CLASSIFIER_FILE)(chips, flip=False)[0]
+        gap = float(np.abs(exported - np.asarray(model(chips))).max())
+        if gap > 1e-3:
+            raise ValueError(f"{CLASSIFIER_FILE}: TFLite export differs from the Keras model by {gap:.4f}")
+        tracking.save_serving_model(
+            out, {"classifier": scratch / CLASSIFIER_FILE, "model_info": scratch / INFO_FILE}, info
+        )
+    return gap
+
+
+def predictions_table(results: list[Any]) -> pd.DataFrame:
+    """One row per face (photo index, box, group, probability, expected age); a photo without a
+    usable face gives one row with no box and `error` saying why, so no photo goes missing."""
+    rows = []
+    for index, result in enumerate(results):
+        if result.error or not result.faces:
+            reason = result.error or "; ".join(result.skipped)
+            rows.append({"photo": index, "face": -1, "error": reason})
+        for face in result.faces:
+            x0, y0, x1, y1 = face.box
+            rows.append(
+                {
+                    "photo": index,
+                    "face": face.face,
+                    "x0": x0,
+                    "y0": y0,
+                    "x1": x1,
+                    "y1": y1,
+                    "detector_score": face.detector_score,
+                    "age_group": face.age_group,
+                    "probability": face.probability,
+                    "expected_age": face.expected_age,
+                    "error": "",
+                }
+            )
+    return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+class AgeRangeModel(PythonModel):
+    """MLflow pyfunc: photo bytes in (column `image`), one row per face out.
+
+    `predict` has no type hints on purpose: with them MLflow would skip decoding base64 image
+    columns in the scoring server's `dataframe_split` requests.
+    """
+
+    def load_context(self, context) -> None:
+        from agerange.predict import AgePredictor
+
+        self.predictor = AgePredictor.from_directory(Path(context.artifacts["model_info"]).parent)
+
+    def predict(self, context, model_input, params=None):
+        results = []
+        for index, data in enumerate(model_input["image"]):
+            if isinstance(data, str):  # `inputs`-style requests are not base64-decoded by the server
+                import base64
+
+                data = base64.b64decode(data)
+            results.append(self.predictor.predict_file(bytes(data), name=f"image {index}"))
+        return predictions_table(results)

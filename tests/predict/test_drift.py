@@ -1,0 +1,41 @@
+"""Drift reports on real photos: a UTKFace slice against UTKFace shows no drift, FairFace does."""
+
+import pandas as pd
+import pytest
+
+from agerange.drift import FEATURES, describe_photos, drift_report, fairface_range, range_accuracy
+from agerange.predict import AgePredictor
+from tests.conftest import FAIRFACE
+
+
+def test_fairface_ranges_and_range_accuracy():
+    assert [fairface_range(age) for age in (0, 2, 2.6, 3, 9.4, 10, 69, 70, 95)] == [0, 0, 0, 1, 1, 2, 7, 8, 8]
+    described = pd.DataFrame(
+        {"photo": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], "expected_age": [25.0, 44.0, 71.0, float("nan")]}
+    )
+    labels = pd.DataFrame({"filename": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], "age_min": [20, 30, 70, 3]})
+    accuracy = range_accuracy(described, labels)
+    assert accuracy["range_accuracy"] == pytest.approx(2 / 3)
+    assert accuracy["range_within_one"] == 1.0
+    assert accuracy["range_accuracy_all_photos"] == 0.5 and accuracy["photos_with_face"] == 3
+
+
+@pytest.mark.slow
+def test_drift_report_flags_fairface_framing_but_not_a_utkface_slice(packaged_model, mini_ingested, tmp_path):
+    images, metadata, _ = mini_ingested
+    predictor = AgePredictor.from_directory(packaged_model)
+    shuffled = metadata["path"].sample(frac=1, random_state=1).tolist()
+    reference = describe_photos(predictor, [images / p for p in shuffled[:350]], shuffled[:350])
+    control = describe_photos(predictor, [images / p for p in shuffled[350:550]], shuffled[350:550])
+    fairface = sorted(FAIRFACE.glob("*.jpg"))[:80]
+    new = describe_photos(predictor, fairface, [p.name for p in fairface])
+    assert set(FEATURES) <= set(new.columns) and any(c.startswith("emb_") for c in new.columns)
+
+    clean = drift_report(reference, control)
+    assert clean["drifted"] == [], clean["drifted"]
+    drifted = drift_report(reference, new, html=tmp_path / "drift.html")
+    assert drifted["drift"]
+    # wide margins and several faces: the framing features must be flagged
+    assert {"face_box_fraction", "width", "height"} <= set(drifted["drifted"])
+    assert drifted["columns"]["face_box_fraction"]["p_value"] < drifted["level_per_column"]
+    assert (tmp_path / "drift.html").stat().st_size > 10_000

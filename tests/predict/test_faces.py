@@ -1,0 +1,96 @@
+"""Face detection and alignment on real photos: UTKFace-mini chips and FairFace new photos."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agerange.faces import CHIP_EYES, DetectorError, FaceDetector, align_face, chip_frame, select_faces
+from agerange.preprocess import read_image
+from tests.conftest import FAIRFACE
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def mini_chips(mini_ingested) -> list[Image.Image]:
+    images, metadata, _ = mini_ingested
+    return [read_image(images / path) for path in metadata["path"].sample(120, random_state=0)]
+
+
+def test_every_face_in_a_group_photo_is_found_inside_the_photo(detector):
+    image = read_image(FAIRFACE / "fairface_0001.jpg")  # three people, one in the centre
+    faces = detector(image)
+    assert len(faces) == 3
+    for face in faces:
+        x0, y0, x1, y1 = face.box
+        assert 0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height
+        assert 0.6 <= face.score <= 1
+        (left_x, _), (right_x, _) = face.eyes
+        assert x0 < left_x < right_x < x1
+
+
+def test_a_photo_without_a_face_gives_no_face(detector):
+    assert detector(Image.new("RGB", (300, 200), (120, 130, 140))) == []
+
+
+def test_small_faces_are_skipped_with_the_reason(detector):
+    faces = detector(read_image(FAIRFACE / "fairface_0001.jpg"))
+    usable, skipped = select_faces(faces, min_face_pixels=100)
+    assert [f.width >= 100 for f in usable] == [True] * len(usable) and skipped
+    assert all("too small" in s.reason and "minimum 100" in s.reason for s in skipped)
+    assert usable == sorted(usable, key=lambda f: -f.width)
+
+
+def test_chip_frame_constants_match_the_training_chips(detector, mini_chips):
+    """CHIP_EYES were measured on 1,500 training chips; the mini set must agree."""
+    measured = chip_frame(mini_chips, detector)
+    for key, value in CHIP_EYES.items():
+        assert measured[key] == pytest.approx(value, abs=0.03), key
+
+
+def test_aligning_a_training_chip_gives_back_that_chip(detector, mini_chips):
+    """Inference crops new photos the way training chips are cropped: realigning a chip moves it
+    less than a 10-pixel shift would."""
+    aligned_error, shifted_error = [], []
+    for chip in mini_chips[:60]:
+        faces = detector(chip)
+        if not faces:
+            continue
+        original = np.asarray(chip, dtype=np.float32)
+        aligned = np.asarray(align_face(chip, faces[0]), dtype=np.float32)
+        aligned_error.append(np.abs(aligned - original)[20:180, 20:180].mean())
+        shifted_error.append(np.abs(np.roll(original, 10, axis=0) - original)[20:180, 20:180].mean())
+    assert len(aligned_error) >= 50
+    assert np.median(aligned_error) < np.median(shifted_error)
+
+
+def test_alignment_levels_the_eyes_of_a_tilted_face(detector):
+    image = read_image(FAIRFACE / "fairface_0002.jpg").rotate(25, resample=Image.Resampling.BILINEAR)
+    face = max(detector(image), key=lambda f: f.width)
+    (_, tilted_left), (_, tilted_right) = face.eyes
+    assert abs(tilted_left - tilted_right) > 15
+    chip = align_face(image, face)
+    (left_x, left_y), (right_x, right_y) = max(detector(chip), key=lambda f: f.width).eyes
+    assert abs(left_y - right_y) < 0.1 * (right_x - left_x)
+
+
+def test_unknown_detector_and_wrong_model_file_are_one_line_errors(tmp_path: Path):
+    with pytest.raises(
+        DetectorError, match="unknown face detector 'yolo' \\(valid: blazeface_full, blazeface_short\\)"
+    ):
+        FaceDetector("yolo")
+    with pytest.raises(DetectorError, match="face detector model file missing"):
+        FaceDetector(model_path=tmp_path / "absent.tflite")
+    from agerange.faces import packaged_detector_path
+
+    damaged = tmp_path / "face_detection_short_range.tflite"
+    shutil.copy(packaged_detector_path("blazeface_short"), damaged)
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\0")
+    with pytest.raises(DetectorError, match="wrong checksum"):
+        FaceDetector(model_path=damaged)

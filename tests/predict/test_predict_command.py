@@ -1,0 +1,128 @@
+"""`agerange predict` on real photos and on every kind of bad input, through the real command."""
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from agerange.cli import EXIT_PARTIAL, main
+from agerange.labels import GROUP_NAMES
+from tests.conftest import FAIRFACE
+
+
+def run(arguments: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main(["predict", *arguments])
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A folder of good photos in every accepted format and colour mode."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    face = Image.open(FAIRFACE / "fairface_0002.jpg").convert("RGB")
+    face.save(folder / "face.jpg")
+    face.save(folder / "face.webp")
+    face.convert("L").save(folder / "grey.jpg")
+    face.convert("CMYK").save(folder / "cmyk.jpg")
+    rgba = face.convert("RGBA")
+    rgba.putalpha(200)
+    rgba.save(folder / "alpha.png")
+    (folder / "notes.txt").write_text("not a photo: ignored in folders")
+    return folder
+
+
+def test_every_accepted_format_and_colour_mode_gives_a_face(photos, packaged_model, capsys):
+    code, out, err = run([str(photos), "--model", str(packaged_model), "--format", "json"], capsys)
+    assert code == 0, err
+    results = {Path(r["photo"]).name: r for r in json.loads(out)}
+    assert set(results) == {"face.jpg", "face.webp", "grey.jpg", "cmyk.jpg", "alpha.png"}
+    for name, result in results.items():
+        assert result["error"] is None and len(result["faces"]) == 1, name
+        face = result["faces"][0]
+        assert face["age_group"].split(" (")[0] in GROUP_NAMES
+        assert sum(face["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+        assert 0 <= face["box"][0] < face["box"][2] <= 448
+    assert "5 photos, 5 faces, 0 failed" in err
+
+
+def test_bad_files_get_one_line_each_and_the_rest_is_still_processed(
+    photos, packaged_model, capsys, tmp_path
+):
+    good = (photos / "face.jpg").read_bytes()
+    (photos / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (photos / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 50)
+    Image.new("1", (8000, 6600)).save(photos / "huge.png")  # 52.8 MP, tiny file
+    text = tmp_path / "readme.txt"
+    text.write_text("hello")
+    code, out, err = run([str(photos), str(text), "--model", str(packaged_model), "--format", "json"], capsys)
+    assert code == EXIT_PARTIAL
+    results = {Path(r["photo"]).name: r for r in json.loads(out)}
+    assert "truncated" in results["truncated.jpg"]["error"] or "corrupt" in results["truncated.jpg"]["error"]
+    assert "corrupt, truncated or not an image" in results["corrupt.png"]["error"]
+    assert "image too large (53 MP, limit 50 MP)" in results["huge.png"]["error"]
+    assert "not an image" in results["readme.txt"]["error"]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 4 and all("\n" not in line for line in errors)
+    assert all(len(results[name]["faces"]) == 1 for name in ("face.jpg", "face.webp", "grey.jpg"))
+
+
+def test_empty_folder_and_missing_path_fail_with_one_line(tmp_path, packaged_model, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(
+        [str(tmp_path / "empty"), str(tmp_path / "absent.jpg"), "--model", str(packaged_model)], capsys
+    )
+    assert code == 1
+    assert f"error: {tmp_path / 'empty'}: empty folder (no JPEG, PNG or WebP files)" in err
+    assert f"error: {tmp_path / 'absent.jpg'}: no such file or folder" in err
+
+
+def test_missing_model_is_a_one_line_error(tmp_path, capsys):
+    shutil.copy(FAIRFACE / "fairface_0002.jpg", tmp_path / "a.jpg")
+    code, _, err = run([str(tmp_path / "a.jpg"), "--model", str(tmp_path / "nowhere")], capsys)
+    assert code == 1 and "not a packaged agerange model" in err
+    code, _, err = run([str(tmp_path / "a.jpg"), "--store", str(tmp_path / "nostore")], capsys)
+    assert code == 1 and "no MLflow tracking store here" in err
+
+
+def test_exif_orientation_is_honoured(tmp_path, packaged_model, capsys):
+    """A photo stored sideways with an EXIF 'rotate' tag is predicted upright, in upright coordinates."""
+    face = Image.open(FAIRFACE / "fairface_0002.jpg").convert("RGB").crop((0, 0, 448, 300))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": the pixels are stored rotated the other way
+    face.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", exif=exif)
+    code, out, _ = run(
+        [str(tmp_path / "sideways.jpg"), "--model", str(packaged_model), "--format", "json"], capsys
+    )
+    result = json.loads(out)[0]
+    assert code == 0 and (result["width"], result["height"]) == (448, 300)
+    assert len(result["faces"]) == 1
+
+
+def test_a_photo_without_a_face_says_so(tmp_path, packaged_model, capsys):
+    Image.new("RGB", (320, 240), (90, 120, 150)).save(tmp_path / "wall.jpg")
+    code, out, _ = run([str(tmp_path / "wall.jpg"), "--model", str(packaged_model)], capsys)
+    assert code == 0 and "no face found" in out
+
+
+def test_csv_table_and_annotated_copies(tmp_path, packaged_model, capsys):
+    shutil.copy(FAIRFACE / "fairface_0001.jpg", tmp_path / "group.jpg")
+    code, out, _ = run(
+        [str(tmp_path / "group.jpg"), "--model", str(packaged_model), "--format", "csv",
+         "--annotate", str(tmp_path / "annotated")], capsys,
+    )  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and len(rows) == 3 and [r["face"] for r in rows] == ["0", "1", "2"]
+    annotated = Image.open(tmp_path / "annotated" / "group.annotated.jpg")
+    assert annotated.size == (448, 448)
+    code, out, _ = run([str(tmp_path / "group.jpg"), "--model", str(packaged_model)], capsys)
+    assert out.splitlines()[0].startswith("photo") and len(out.splitlines()) == 4

@@ -46,14 +46,12 @@ def main() -> None:
     import keras
 
     from agerange.faces import CHIP_SIZE, FaceDetector, align_face, select_faces
-    from agerange.predict import AgePredictor
+    from agerange.predict import AgePredictor, find_photos
     from agerange.preprocess import chip_pixels, read_image
 
     predictor = AgePredictor.from_directory(args.serving)
     size = predictor.image_size
-    photos = sorted(
-        p for p in args.photos.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"}
-    )
+    photos, _ = find_photos([args.photos])
     payloads = [(p.name, p.read_bytes()) for p in photos]
 
     # 1. detectors on the same photos

@@ -20,7 +20,7 @@ from agerange import tracking  # noqa: E402
 from agerange.config import fail, load_params, setup_logging  # noqa: E402
 from agerange.drift import describe_photos, drift_report, range_accuracy  # noqa: E402
 from agerange.files import write_json  # noqa: E402
-from agerange.predict import PHOTO_SUFFIXES, load_predictor  # noqa: E402
+from agerange.predict import find_photos, load_predictor  # noqa: E402
 
 
 def sample_chips(splits: pd.DataFrame, split: str, size: int, seed: int) -> pd.DataFrame:
@@ -42,9 +42,9 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     params = load_params("drift")
-    photos = sorted(p for p in args.photos.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
-    if not photos:
-        fail(f"{args.photos}: empty folder (no JPEG, PNG or WebP files)")
+    photos, problems = find_photos([args.photos])
+    if problems:
+        fail(problems[0])
     try:
         predictor = load_predictor(params["model"], store=args.store)
     except (FileNotFoundError, ValueError) as error:

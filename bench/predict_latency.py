@@ -87,7 +87,7 @@ def main() -> None:
             t0 = time.perf_counter()
             image = read_image(data, name)
             t1 = time.perf_counter()
-            faces, _ = select_faces(predictor.detector(image), predictor.min_face_pixels)
+            faces, _ = select_faces(predictor.detector.find_faces(image), predictor.min_face_pixels)
             t2 = time.perf_counter()
             chips = np.stack([chip_pixels(align_face(image, f, CHIP_SIZE), size) for f in faces])
             t3 = time.perf_counter()

@@ -124,7 +124,7 @@ def main() -> None:
                 batch_size=params["batch_size"], neighbour_smoothing=params["neighbour_smoothing"],
                 augment=params["augment"] if params["augment"] != "auto" else device["device"] == "gpu",
                 seed=params["seed"], checkpoint_dir=args.checkpoints / "epochs",
-                on_epoch=tracking.epoch_hook(), jit=bool(device["xla"]),
+                on_epoch=tracking.epoch_hook(), jit=bool(device["xla"]), realign=params["realign"],
             )  # fmt: skip
         except (WeightsError, ValueError) as error:
             fail(str(error))

@@ -11,7 +11,7 @@ layer's features (the embeddings the drift report compares).
 
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,7 @@ class AgePredictor:
 
     def face_chips(self, image: Image.Image) -> tuple[list[Face], list[str], np.ndarray]:
         """Usable faces (largest first), reasons for the skipped ones, and their model-size chips."""
-        faces, skipped = select_faces(self.detector(image), self.min_face_pixels)
+        faces, skipped = select_faces(self.detector.find_faces(image), self.min_face_pixels)
         chips = (
             np.stack([chip_pixels(align_face(image, face, CHIP_SIZE), self.image_size) for face in faces])
             if faces
@@ -215,6 +215,26 @@ def load_predictor(model: str, store: Path = Path("mlruns"), **settings: Any) ->
     return AgePredictor.from_directory(Path(model), **settings)
 
 
+def predict_path_metrics(predictor: AgePredictor, photos: list[Path], groups: np.ndarray) -> dict[str, float]:
+    """Accuracy of the whole predict path (decode, detect, align, classify) on labelled photos.
+
+    The largest face of each photo is its answer; a photo with no face found counts as wrong,
+    as it would for a user. Returns accuracy, within_one, faces_found (shares) and n.
+    """
+    predicted = np.full(len(photos), -100)
+    for index, photo in enumerate(photos):
+        result = predictor.predict_file(photo)
+        if result.faces:
+            predicted[index] = result.faces[0].group_index
+    distance = np.abs(predicted - np.asarray(groups))
+    return {
+        "accuracy": float((distance == 0).mean()),
+        "within_one": float((distance <= 1).mean()),
+        "faces_found": float((predicted >= 0).mean()),
+        "n": len(photos),
+    }
+
+
 def find_photos(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
     """The photos named, with folders searched recursively for JPEG, PNG and WebP files.
 
@@ -241,18 +261,22 @@ def predict_photos(predictor: AgePredictor, photos: list[Path]) -> Iterator[Phot
         yield predictor.predict_file(photo)
 
 
-def result_rows(results: list[PhotoPrediction]) -> list[dict[str, Any]]:
-    """Flat rows for CSV and tables: one per face; a photo with no usable face or an error gets one row."""
+def result_rows(results: list[PhotoPrediction], photo_ids: Sequence | None = None) -> list[dict[str, Any]]:
+    """Flat rows for CSV, tables and the served model: one per face.
+
+    `photo` is each result's name, or its entry in `photo_ids`. A photo with no usable face or
+    an error gets one row with `face` None and `note` saying why, so no photo goes missing;
+    faces skipped in a photo are noted on its first face's row.
+    """
     rows = []
-    for result in results:
+    for index, result in enumerate(results):
+        photo = result.photo if photo_ids is None else photo_ids[index]
         if result.error or not result.faces:
-            rows.append(
-                {"photo": result.photo, "face": "", "note": result.error or "; ".join(result.skipped)}
-            )
+            rows.append({"photo": photo, "face": None, "note": result.error or "; ".join(result.skipped)})
         for face in result.faces:
             rows.append(
                 {
-                    "photo": result.photo,
+                    "photo": photo,
                     "face": face.face,
                     "x0": face.box[0],
                     "y0": face.box[1],
@@ -275,7 +299,7 @@ def format_table(results: list[PhotoPrediction]) -> str:
     ]
     for row in result_rows(results):
         name = row["photo"] if len(row["photo"]) <= 40 else "..." + row["photo"][-37:]
-        if row["face"] == "":
+        if row["face"] is None:
             lines.append(f"{name:<40} {'-':>4}  {'':<22} {'':<22} {'':>5} {'':>5}  {row['note']}")
             continue
         box = ",".join(f"{row[k]:.0f}" for k in ("x0", "y0", "x1", "y1"))

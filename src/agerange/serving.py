@@ -82,30 +82,15 @@ def package(model, info: dict[str, Any], out: Path, predict_settings: dict[str, 
 
 def predictions_table(results: list[Any]) -> pd.DataFrame:
     """One row per face (photo index, box, group, probability, expected age); a photo without a
-    usable face gives one row with no box and `error` saying why, so no photo goes missing."""
-    rows = []
-    for index, result in enumerate(results):
-        if result.error or not result.faces:
-            reason = result.error or "; ".join(result.skipped)
-            rows.append({"photo": index, "face": -1, "error": reason})
-        for face in result.faces:
-            x0, y0, x1, y1 = face.box
-            rows.append(
-                {
-                    "photo": index,
-                    "face": face.face,
-                    "x0": x0,
-                    "y0": y0,
-                    "x1": x1,
-                    "y1": y1,
-                    "detector_score": face.detector_score,
-                    "age_group": face.age_group,
-                    "probability": face.probability,
-                    "expected_age": face.expected_age,
-                    "error": "",
-                }
-            )
-    return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+    usable face gives one row with face -1 and `error` saying why, so no photo goes missing."""
+    from agerange.predict import result_rows
+
+    rows = result_rows(results, photo_ids=range(len(results)))
+    table = pd.DataFrame(rows, columns=[*OUTPUT_COLUMNS, "note"])
+    no_face = table["face"].isna()
+    table["error"] = table["note"].where(no_face, "")
+    table["face"] = table["face"].fillna(-1).astype(int)
+    return table[OUTPUT_COLUMNS]
 
 
 class AgeRangeModel(PythonModel):

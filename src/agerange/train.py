@@ -1,8 +1,9 @@
 """Training: two-phase transfer learning on face chips, fast on a CPU and on a GPU.
 
-On a CPU the frozen part of the network is run once per image (and once per mirrored
-training image) and its output cached, so every epoch runs only the trained layers. With
-`augment: true` (the GPU default) the whole network runs each epoch on augmented images.
+On a CPU the frozen part of the network is run once per image (and once per mirrored, and
+with `realign` once per re-cut, training image) and its output cached, so every epoch runs
+only the trained layers. With `augment: true` (the GPU default) the whole network runs each
+epoch on augmented images.
 Every epoch is checkpointed; an interrupted training resumes where it stopped.
 """
 
@@ -139,28 +140,28 @@ def _compile(model, learning_rate: float, jit: bool) -> None:
     )
 
 
-def _dataset(inputs, groups, weights, batch_size, shuffle, seed, smoothing=0.0, mirrored=None):
-    """tf.data pipeline over in-memory arrays: shuffle, mirror choice, batch, prefetch."""
+def _dataset(variants, groups, weights, batch_size, shuffle, seed, smoothing=0.0):
+    """tf.data pipeline over in-memory arrays: shuffle, pick a variant per row, batch, prefetch.
+
+    `variants` is one array, or a list of same-shaped arrays holding versions of each row (the
+    chip's features, its mirror's, its re-cut's...): each epoch shows every row once, as one of
+    its versions picked at random.
+    """
     import tensorflow as tf
 
-    labels = soft_labels(groups, smoothing)
-    if mirrored is None:
-        data = tf.data.Dataset.from_tensor_slices((inputs, labels, weights))
-    else:
-        # Cached features of the image and of its mirror: pick one at random per epoch.
-        data = tf.data.Dataset.from_tensor_slices((inputs, mirrored, labels, weights))
-        rng = tf.random.Generator.from_seed(seed)
-
-        def pick(a, b, y, w):
-            return tf.where(rng.uniform(()) < 0.5, a, b), y, w
-
-        data = data.shuffle(len(groups), seed=seed, reshuffle_each_iteration=True) if shuffle else data
-        return (
-            data.map(pick, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-        )
+    variants = variants if isinstance(variants, list) else [variants]
+    data = tf.data.Dataset.from_tensor_slices((tuple(variants), soft_labels(groups, smoothing), weights))
     if shuffle:
         data = data.shuffle(len(groups), seed=seed, reshuffle_each_iteration=True)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    rng = tf.random.Generator.from_seed(seed)
+
+    def pick(versions, labels, row_weights):
+        if len(versions) == 1:
+            return versions[0], labels, row_weights
+        choice = rng.uniform((), minval=0, maxval=len(versions), dtype=tf.int32)
+        return tf.stack(versions)[choice], labels, row_weights
+
+    return data.map(pick, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def _compute_features(bottom, chips: np.ndarray, batch_size: int, mirror: bool = False) -> np.ndarray:
@@ -245,6 +246,7 @@ def train(
     jit: bool = False,
     feature_cache: dict | None = None,
     cache_unfreeze_layers: int | None = None,
+    realign: bool = False,
 ) -> TrainResult:
     """Two-phase training: the head on a frozen backbone, then the top `unfreeze_layers` layers.
 
@@ -271,6 +273,8 @@ def train(
         cache_unfreeze_layers: place the cache boundary as if this many layers were unfrozen
             (the deepest a sweep can ask for), so every trial of a backbone shares one cache;
             the layers between that boundary and `unfreeze_layers` stay frozen.
+        realign: also train on each chip re-cut the way predict cuts faces from photos
+            (`faces.realign_chips`), so the model knows the alignment jitter it meets there.
     """
     import keras
 
@@ -307,25 +311,19 @@ def train(
         augmentation = _augmentation(seed)
         inputs = keras.Input((image_size, image_size, 3))
         trainer = keras.Model(inputs, model(augmentation(inputs)))
+        variants = [train.chips, _realigned(train.chips)] if realign else train.chips
         train_data = _dataset(
-            train.chips, train.groups, train.weights, batch_size, True, seed, neighbour_smoothing
+            variants, train.groups, train.weights, batch_size, True, seed, neighbour_smoothing
         )
         val_data = _dataset(val.chips, val.groups, val.weights, batch_size, False, seed)
         probe_inputs = probe and (probe.chips, probe.groups)
     else:
         bottom, trainer = split_at_boundary(model, boundary)
         features = _cached_features(
-            feature_cache, bottom, boundary, backbone, image_size, train, val, probe, batch_size
+            feature_cache, bottom, boundary, backbone, image_size, train, val, probe, batch_size, realign
         )
         train_data = _dataset(
-            features["train"],
-            train.groups,
-            train.weights,
-            batch_size,
-            True,
-            seed,
-            neighbour_smoothing,
-            mirrored=features["train_mirror"],
+            features["train"], train.groups, train.weights, batch_size, True, seed, neighbour_smoothing
         )
         val_data = _dataset(features["val"], val.groups, val.weights, batch_size, False, seed)
         probe_inputs = probe and (features["probe"], probe.groups)
@@ -360,22 +358,35 @@ def train(
     return _result(model, records, boundary, started, images_seen)
 
 
-def _cached_features(cache, bottom, boundary, backbone, image_size, train, val, probe, batch_size) -> dict:
+def _cached_features(
+    cache, bottom, boundary, backbone, image_size, train, val, probe, batch_size, realign=False
+) -> dict:
     """Frozen-part outputs for every split, each image computed once per cut and reused by path.
 
     Keyed by file path, so trials that rebalance the training split differently still share
-    the features of the images they have in common.
+    the features of the images they have in common. `features["train"]` lists the training
+    rows' versions: plain and mirrored, and with `realign` re-cut and re-cut mirrored.
     """
     cache = {} if cache is None else cache
-    store = cache.setdefault((backbone, image_size, boundary), {"row": {}, "plain": [], "mirror": []})
+    store = cache.setdefault((backbone, image_size, boundary), {"row": {}})
+    kinds = ["plain", "mirror", "realigned", "realigned_mirror"] if realign else ["plain", "mirror"]
     features = {
-        "train": _gather(store, bottom, train, batch_size, "plain"),
-        "train_mirror": _gather(store, bottom, train, batch_size, "mirror"),
+        "train": [_gather(store, bottom, train, batch_size, kind) for kind in kinds],
         "val": _gather(store, bottom, val, batch_size, "plain"),
     }
     if probe is not None:
         features["probe"] = _gather(store, bottom, probe, batch_size, "plain")
     return features
+
+
+def _realigned(chips: np.ndarray) -> np.ndarray:
+    from agerange.faces import realign_chips
+
+    started = time.monotonic()
+    realigned, recut = realign_chips(chips)
+    seconds = time.monotonic() - started
+    log.info("re-cut %d of %d chips the way predict cuts faces, in %.0f s", recut, len(chips), seconds)
+    return realigned
 
 
 def _gather(store: dict, bottom, split: SplitData, batch_size: int, kind: str) -> np.ndarray:
@@ -386,14 +397,17 @@ def _gather(store: dict, bottom, split: SplitData, batch_size: int, kind: str) -
     for index, path in enumerate(paths):
         first_of.setdefault(path, index)
     missing = [path for path in first_of if (path, kind) not in rows]
+    blocks = store.setdefault(kind, [])
     if missing:
         chips = split.chips[[first_of[path] for path in missing]]
-        computed = _compute_features(bottom, chips, batch_size, mirror=kind == "mirror")
-        offset = sum(len(block) for block in store[kind])
-        store[kind].append(computed)
+        if kind.startswith("realigned"):
+            chips = _realigned(chips)
+        computed = _compute_features(bottom, chips, batch_size, mirror=kind.endswith("mirror"))
+        offset = sum(len(block) for block in blocks)
+        blocks.append(computed)
         for position, path in enumerate(missing):
             rows[(path, kind)] = offset + position
-    every = store[kind][0] if len(store[kind]) == 1 else np.concatenate(store[kind])
+    every = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     store[kind] = [every]
     return every[[rows[(path, kind)] for path in paths]]
 

@@ -181,6 +181,7 @@ def make_objective(
                 neighbour_smoothing=settings["neighbour_smoothing"], augment=False, seed=settings["seed"],
                 checkpoint_dir=checkpoint_root / f"trial_{trial.number}", on_epoch=on_epoch,
                 feature_cache=feature_cache, cache_unfreeze_layers=deepest.get(settings["backbone"]),
+                realign=settings.get("realign", False),
             )  # fmt: skip
         return float(result.history["val_accuracy"].max())
 

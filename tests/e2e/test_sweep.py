@@ -26,6 +26,11 @@ def test_three_trial_sweep_trains_the_best_and_registers_it(sweep_repo):
     assert "using the tuned params" in result.stderr
     registration = json.loads((sweep_repo / "data/reports/registration.json").read_text())
     assert registration["alias"] == "champion" and registration["version"] == 1
+    # the packaged model, measured through the whole predict path on every val and test chip
+    predict_path = json.loads((sweep_repo / "data/reports/predict_path.json").read_text())
+    splits = json.loads((sweep_repo / "data/reports/split.json").read_text())
+    assert predict_path["test"]["n"] == splits["test"]["images"]
+    assert predict_path["test"]["faces_found"] > 0.95 and 0 <= predict_path["test"]["accuracy"] <= 1
 
     import mlflow
 

@@ -32,7 +32,7 @@ def test_two_phase_training_lowers_the_loss_and_beats_chance(mini_splits, tmp_pa
         backbone="mobilenet_v2", image_size=size, weights_dir=WEIGHTS, unfreeze_layers=20,
         dropout=0.1, head_learning_rate=3e-3, finetune_learning_rate=3e-4, head_epochs=3,
         finetune_epochs=2, patience=5, batch_size=32, neighbour_smoothing=0.1, augment=False,
-        seed=1, checkpoint_dir=tmp_path / "ckpt",
+        seed=1, checkpoint_dir=tmp_path / "ckpt", realign=True,
         on_epoch=lambda phase, epoch, metrics: epochs.append((phase, epoch, metrics)),
     )  # fmt: skip
     history = result.history
@@ -64,6 +64,21 @@ def test_cached_and_full_paths_compute_the_same_model(mini_splits, tmp_path):
     bottom, top = split_at_boundary(model, cut)
     chips = data["val"].chips[:8].astype(np.float32)
     np.testing.assert_allclose(model(chips), top(bottom(chips)), atol=1e-5)
+
+
+def test_each_epoch_shows_every_row_once_as_one_of_its_versions():
+    """Training rows come in versions (plain, mirrored, re-cut...): one per row per epoch, all used."""
+    from agerange.train import _dataset
+
+    rows = np.arange(200, dtype=np.float32)[:, None]
+    versions = [rows, rows + 1000, rows + 2000, rows + 3000]
+    groups, weights = np.zeros(200, np.int64), np.ones(200, np.float32)
+    dataset = _dataset(versions, groups, weights, batch_size=32, shuffle=True, seed=3)
+    for _ in range(2):
+        seen = np.concatenate([inputs.numpy()[:, 0] for inputs, _, _ in dataset])
+        assert sorted(seen % 1000) == list(range(200))  # every row once
+        counts = np.bincount((seen // 1000).astype(int), minlength=4)
+        assert counts.min() > 20, counts  # every version picked (about 50 each)
 
 
 def test_soft_labels_keep_mass_on_the_truth_and_its_neighbours():

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agerange.faces import CHIP_EYES, DetectorError, FaceDetector, align_face, chip_frame, select_faces
+from agerange.faces import (
+    CHIP_EYES,
+    DetectorError,
+    FaceDetector,
+    align_face,
+    chip_frame,
+    realign_chips,
+    select_faces,
+)
 from agerange.preprocess import read_image
 from tests.conftest import FAIRFACE
 
@@ -51,7 +59,7 @@ def test_chip_frame_constants_match_the_training_chips(detector, mini_chips):
     """CHIP_EYES were measured on 1,500 training chips; the mini set must agree."""
     measured = chip_frame(mini_chips, detector)
     for key, value in CHIP_EYES.items():
-        assert measured[key] == pytest.approx(value, abs=0.03), key
+        assert measured[key] == pytest.approx(value, abs=1.0 if key == "angle" else 0.03), key
 
 
 def test_aligning_a_training_chip_gives_back_that_chip(detector, mini_chips):
@@ -68,6 +76,33 @@ def test_aligning_a_training_chip_gives_back_that_chip(detector, mini_chips):
         shifted_error.append(np.abs(np.roll(original, 10, axis=0) - original)[20:180, 20:180].mean())
     assert len(aligned_error) >= 50
     assert np.median(aligned_error) < np.median(shifted_error)
+
+
+def test_tight_face_crops_missed_by_the_detector_are_found_inside_a_border(detector, mini_chips):
+    missed = [chip for chip in mini_chips if not detector(chip)]
+    assert missed, "the mini set has chips that BlazeFace misses without a border"
+    found = [chip for chip in missed if detector.find_faces(chip)]
+    assert len(found) >= 0.8 * len(missed)
+    for chip in found:
+        for face in detector.find_faces(chip):
+            x0, y0, x1, y1 = face.box
+            assert 0 <= x0 < x1 <= chip.width and 0 <= y0 < y1 <= chip.height  # in the chip's own pixels
+    assert detector.find_faces(Image.new("RGB", (200, 200), (128, 128, 128))) == []
+
+
+def test_realigned_training_chips_are_the_chips_predict_would_cut(detector, mini_chips):
+    chips = np.stack([np.asarray(chip.resize((96, 96))) for chip in mini_chips[:40]])
+    realigned, recut = realign_chips(chips, detector)
+    assert realigned.shape == chips.shape and realigned.dtype == np.uint8
+    assert recut >= 36  # nearly every chip has its face found (with the retry border)
+    changed = np.abs(realigned.astype(np.float32) - chips).mean(axis=(1, 2, 3))
+    assert (changed > 0).sum() == recut  # the chips without a face are kept as they were
+    # the same face re-cut, a few pixels off: closer to its chip than a 10% shift, far from other faces
+    centre = (slice(None), slice(10, 86), slice(10, 86))
+    error = np.abs(realigned.astype(np.float32) - chips)[centre].mean(axis=(1, 2, 3))
+    shifted = np.abs(np.roll(chips, 10, axis=1).astype(np.float32) - chips)[centre].mean(axis=(1, 2, 3))
+    other = np.abs(np.roll(chips, 1, axis=0).astype(np.float32) - chips)[centre].mean(axis=(1, 2, 3))
+    assert np.median(error) < np.median(shifted) < np.median(other)
 
 
 def test_alignment_levels_the_eyes_of_a_tilted_face(detector):

@@ -138,6 +138,38 @@ def range_accuracy(described: pd.DataFrame, labels: pd.DataFrame) -> dict[str, f
     }
 
 
+def homogeneity_p_value(reference: pd.Series, current: pd.Series) -> float:
+    """Chi-square test that two samples share one categorical distribution (a 2 x k table).
+
+    Evidently's own `chisquare` tests the current counts against the reference's frequencies as
+    if those were exact, so a single photo in a category the reference lacks gives p = 0.
+    """
+    from scipy.stats import chi2_contingency
+
+    table = pd.crosstab(
+        np.r_[np.zeros(len(reference)), np.ones(len(current))],
+        np.r_[reference.astype(str).to_numpy(), current.astype(str).to_numpy()],
+    )
+    return 1.0 if table.shape[1] < 2 else float(chi2_contingency(table.to_numpy())[1])
+
+
+def _register_homogeneity_test() -> str:
+    from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    def test(reference, current, feature_type, threshold):
+        p_value = homogeneity_p_value(reference.dropna(), current.dropna())
+        return p_value, p_value < threshold
+
+    name = "chi2_homogeneity"
+    register_stattest(
+        StatTest(name=name, display_name="chi-square homogeneity p_value",
+                 allowed_feature_types=[ColumnType.Categorical]),
+        default_impl=test,
+    )  # fmt: skip
+    return name
+
+
 def drift_report(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -175,7 +207,11 @@ def drift_report(
     report = Report(
         [
             DataDriftPreset(
-                columns=columns, num_method="ks", cat_method="chisquare", threshold=level, drift_share=0.5
+                columns=columns,
+                num_method="ks",
+                cat_method=_register_homogeneity_test(),
+                threshold=level,
+                drift_share=0.5,
             ),
             EmbeddingsDrift(
                 embeddings_name=EMBEDDING,

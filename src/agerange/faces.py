@@ -1,8 +1,8 @@
 """Faces in new photos: find every face (BlazeFace), then align and crop it like a training chip.
 
 UTKFace chips are faces aligned with the eyes level, centred, at a fixed scale. `align_face`
-puts a detected face in that same frame (eye positions measured on the training chips, see
-CHIP_EYES), so a chip cut from a new photo and a training chip go through the same final step,
+puts a detected face in that same frame (eye and box positions measured on the training chips, see
+CHIP_FACE), so a chip cut from a new photo and a training chip go through the same final step,
 `preprocess.chip_pixels`, before the model sees them.
 
 The detector is MediaPipe's BlazeFace (Apache-2.0), whose model files ship inside the
@@ -37,16 +37,18 @@ DETECTORS: dict[str, tuple[str, int, tuple[int, ...], str]] = {
 }
 
 CHIP_SIZE = 200  # UTKFace chips are 200 x 200
-# Where the eyes sit in a UTKFace chip, as fractions of its side, and the angle of the line
-# between them (degrees): the medians of the default detector's eye keypoints over 1,500
-# training chips (`chip_frame`; a test re-measures them on the mini set). Measured with the same
-# detector that inference uses, so its biases cancel: its eye line tilts -1.8 degrees on the
-# level-eyed chips, and a face levelled by it would come out turned by that much.
-CHIP_EYES = {"center_x": 0.487, "center_y": 0.293, "distance": 0.415, "angle": -1.82}
-# BlazeFace expects some context around a face: it misses about 4% of UTKFace chips, where the
-# face fills the frame, and finds 52 of 54 such misses once a black border of a quarter of the
-# photo's side is added. `find_faces` retries with that border when it finds nothing.
-RETRY_BORDER = 0.25
+# Where a face sits in a UTKFace chip as the detector sees it: eye centre and face box side as
+# fractions of the chip's side, and the eye line's angle in degrees (image y pointing down).
+# Medians over 1,500 training chips found with `find_faces` (`chip_frame`; a test re-measures
+# them on the mini set), so the detector's own biases cancel between chips and photos. The box
+# sets the scale: the distance between the eyes shrinks when a head turns, the box hardly does.
+CHIP_FACE = {"center_x": 0.492, "center_y": 0.302, "size": 0.924, "angle": -0.38}
+# BlazeFace wants context around a face: on a tight crop (a UTKFace chip) it misses about 4% of
+# the faces and places the keypoints differently. A face wider than TIGHT_FACE of the photo's
+# shorter side is therefore looked for again inside a black border of FRAME_BORDER of its side,
+# where it looks like a face in a photo (this finds 52 of 54 faces missed in 1,500 chips).
+TIGHT_FACE = 0.6
+FRAME_BORDER = 0.5
 
 
 class DetectorError(ValueError):
@@ -57,9 +59,10 @@ class DetectorError(ValueError):
 class Face:
     """One face found in a photo, in that photo's pixel coordinates."""
 
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1, clipped to the photo
     score: float
     eyes: tuple[tuple[float, float], tuple[float, float]]  # leftmost eye in the picture first
+    size: float  # side of the detector's square box before clipping
 
     @property
     def width(self) -> float:
@@ -158,28 +161,35 @@ class FaceDetector:
         eyes = to_photo(points[:, 2:4].reshape(-1, 2)).reshape(-1, 2, 2)
         faces = []
         for box, score, eye_pair in weighted_nms(boxes, scores[keep], eyes):
+            size = float(box[2] - box[0])
             box = np.clip(box, 0, [image.width, image.height, image.width, image.height])
             first, second = sorted(map(tuple, eye_pair.tolist()))
-            faces.append(Face(tuple(float(v) for v in box), float(score), (first, second)))
+            faces.append(Face(tuple(float(v) for v in box), float(score), (first, second), size))
         return faces
 
-    def find_faces(self, image: Image.Image, border: float = RETRY_BORDER) -> list[Face]:
-        """The faces in a photo; a tight face crop with none found is searched again inside a black border."""
+    def find_faces(self, image: Image.Image) -> list[Face]:
+        """The faces in a photo; a tight face crop is searched again inside a black border.
+
+        Every face is then found the way faces in ordinary photos are, with the frame the
+        alignment constants were measured in (see TIGHT_FACE).
+        """
         faces = self(image)
-        if faces or border <= 0:
+        if faces and max(face.width for face in faces) < TIGHT_FACE * min(image.width, image.height):
             return faces
-        pad = round(border * max(image.width, image.height))
+        pad = round(FRAME_BORDER * max(image.width, image.height))
         framed = Image.new("RGB", (image.width + 2 * pad, image.height + 2 * pad))
         framed.paste(image, (pad, pad))
         limits = np.array([image.width, image.height] * 2, dtype=np.float32)
-        return [
+        in_border = [
             Face(
                 tuple(float(v) for v in np.clip(np.subtract(face.box, pad), 0, limits)),
                 face.score,
                 tuple((x - pad, y - pad) for x, y in face.eyes),
+                face.size,
             )
             for face in self(framed)
         ]
+        return [face for face in in_border if face.width > 0] or faces
 
 
 def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
@@ -230,30 +240,27 @@ def weighted_nms(
 
 
 def chip_frame(chips: list[Image.Image], detector: FaceDetector) -> dict[str, float]:
-    """Median eye centre and eye distance (fractions of the side) and eye-line angle (degrees,
-    image y pointing down) over aligned chips, as this detector sees them."""
+    """Median eye centre and face box side (fractions of the side) and eye-line angle (degrees)
+    over aligned chips, as `find_faces` sees them."""
     measures = []
     for chip in chips:
-        faces = detector(chip)
+        faces = detector.find_faces(chip)
         if faces:
-            (left_x, left_y), (right_x, right_y) = max(faces, key=lambda f: f.width).eyes
+            face = max(faces, key=lambda f: f.width)
+            (left_x, left_y), (right_x, right_y) = face.eyes
             measures.append(
                 (
                     (left_x + right_x) / 2 / chip.width,
                     (left_y + right_y) / 2 / chip.height,
-                    math.hypot(right_x - left_x, right_y - left_y) / chip.width,
+                    face.size / chip.width,
                     math.degrees(math.atan2(right_y - left_y, right_x - left_x)),
                 )
             )
     if not measures:
         raise ValueError("chip_frame: no face found in any chip")
-    center_x, center_y, distance, angle = np.median(np.asarray(measures), axis=0)
-    return {
-        "center_x": float(center_x),
-        "center_y": float(center_y),
-        "distance": float(distance),
-        "angle": float(angle),
-    }
+    medians = np.median(np.asarray(measures), axis=0)
+    keys = ("center_x", "center_y", "size", "angle")
+    return {key: float(value) for key, value in zip(keys, medians, strict=True)}
 
 
 def select_faces(faces: list[Face], min_face_pixels: int) -> tuple[list[Face], list[SkippedFace]]:
@@ -269,15 +276,14 @@ def select_faces(faces: list[Face], min_face_pixels: int) -> tuple[list[Face], l
 
 
 def align_face(image: Image.Image, face: Face, size: int = CHIP_SIZE) -> Image.Image:
-    """The face rotated, scaled and centred like a UTKFace chip (eyes level, as the detector sees chips).
+    """The face turned, scaled and centred the way the detector sees UTKFace chips (CHIP_FACE).
 
     Pixels outside the photo are black, as in UTKFace chips cut near a photo's edge.
     """
     (left_x, left_y), (right_x, right_y) = face.eyes
-    angle = math.atan2(right_y - left_y, right_x - left_x) - math.radians(CHIP_EYES["angle"])
-    eye_distance = max(math.hypot(right_x - left_x, right_y - left_y), 1.0)
+    angle = math.atan2(right_y - left_y, right_x - left_x) - math.radians(CHIP_FACE["angle"])
     # photo pixels per chip pixel
-    step = eye_distance / (CHIP_EYES["distance"] * size)
+    step = max(face.size, 1.0) / (CHIP_FACE["size"] * size)
     centre_x, centre_y = (left_x + right_x) / 2, (left_y + right_y) / 2
     # a large face is first reduced by an integer factor so that resampling does not alias
     reduce_by = max(1, int(step))
@@ -286,7 +292,7 @@ def align_face(image: Image.Image, face: Face, size: int = CHIP_SIZE) -> Image.I
         step, centre_x, centre_y = step / reduce_by, centre_x / reduce_by, centre_y / reduce_by
     cos, sin = math.cos(angle) * step, math.sin(angle) * step
     # chip pixel (u, v) -> photo pixel: rotate and scale around the eye centre
-    u0, v0 = CHIP_EYES["center_x"] * size, CHIP_EYES["center_y"] * size
+    u0, v0 = CHIP_FACE["center_x"] * size, CHIP_FACE["center_y"] * size
     coefficients = (
         cos,
         -sin,

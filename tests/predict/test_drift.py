@@ -3,7 +3,14 @@
 import pandas as pd
 import pytest
 
-from agerange.drift import FEATURES, describe_photos, drift_report, fairface_range, range_accuracy
+from agerange.drift import (
+    FEATURES,
+    describe_photos,
+    drift_report,
+    fairface_range,
+    homogeneity_p_value,
+    range_accuracy,
+)
 from agerange.predict import AgePredictor
 from tests.conftest import FAIRFACE
 
@@ -18,6 +25,18 @@ def test_fairface_ranges_and_range_accuracy():
     assert accuracy["range_accuracy"] == pytest.approx(2 / 3)
     assert accuracy["range_within_one"] == 1.0
     assert accuracy["range_accuracy_all_photos"] == 0.5 and accuracy["photos_with_face"] == 3
+
+
+def test_category_test_compares_two_samples_not_one_against_exact_frequencies():
+    """One 'no face' photo among 200, where the reference of 350 had none, is no evidence of drift
+    (Evidently's `chisquare` gives p = 0 there); a real shift of the mix still is."""
+    reference = pd.Series(["Adult"] * 350)
+    assert homogeneity_p_value(reference, pd.Series(["Adult"] * 199 + ["no face"])) > 0.5
+    assert homogeneity_p_value(reference, reference) == 1.0
+    shifted = homogeneity_p_value(
+        pd.Series(["Adult", "Adult", "Senior"] * 100), pd.Series(["Adult", "Senior", "Senior"] * 100)
+    )
+    assert shifted < 1e-6
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from agerange.faces import (
-    CHIP_EYES,
+    CHIP_FACE,
     DetectorError,
     FaceDetector,
     align_face,
@@ -56,9 +56,9 @@ def test_small_faces_are_skipped_with_the_reason(detector):
 
 
 def test_chip_frame_constants_match_the_training_chips(detector, mini_chips):
-    """CHIP_EYES were measured on 1,500 training chips; the mini set must agree."""
+    """CHIP_FACE were measured on 1,500 training chips; the mini set must agree."""
     measured = chip_frame(mini_chips, detector)
-    for key, value in CHIP_EYES.items():
+    for key, value in CHIP_FACE.items():
         assert measured[key] == pytest.approx(value, abs=1.0 if key == "angle" else 0.03), key
 
 
@@ -67,7 +67,7 @@ def test_aligning_a_training_chip_gives_back_that_chip(detector, mini_chips):
     less than a 10-pixel shift would."""
     aligned_error, shifted_error = [], []
     for chip in mini_chips[:60]:
-        faces = detector(chip)
+        faces = detector.find_faces(chip)
         if not faces:
             continue
         original = np.asarray(chip, dtype=np.float32)

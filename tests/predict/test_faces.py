@@ -89,6 +89,13 @@ def test_tight_face_crops_missed_by_the_detector_are_found_inside_a_border(detec
             assert 0 <= x0 < x1 <= chip.width and 0 <= y0 < y1 <= chip.height  # in the chip's own pixels
     assert detector.find_faces(Image.new("RGB", (200, 200), (128, 128, 128))) == []
 
+    # a big tight crop is shrunk before the bordered look; the face comes back in its own pixels
+    chip = next(chip for chip in mini_chips if detector.find_faces(chip))
+    small_face = max(detector.find_faces(chip), key=lambda f: f.width)
+    big_face = max(detector.find_faces(chip.resize((1600, 1600))), key=lambda f: f.width)
+    np.testing.assert_allclose(np.asarray(big_face.box) / 8, small_face.box, atol=6)
+    assert big_face.size / 8 == pytest.approx(small_face.size, rel=0.05)
+
 
 def test_realigned_training_chips_are_the_chips_predict_would_cut(detector, mini_chips):
     chips = np.stack([np.asarray(chip.resize((96, 96))) for chip in mini_chips[:40]])
@@ -120,9 +127,12 @@ def test_unknown_detector_and_wrong_model_file_are_one_line_errors(tmp_path: Pat
         DetectorError, match="unknown face detector 'yolo' \\(valid: blazeface_full, blazeface_short\\)"
     ):
         FaceDetector("yolo")
+    from agerange.faces import packaged_detector_path
+
+    with pytest.raises(DetectorError, match="unknown face detector 'yolo'"):
+        packaged_detector_path("yolo")
     with pytest.raises(DetectorError, match="face detector model file missing"):
         FaceDetector(model_path=tmp_path / "absent.tflite")
-    from agerange.faces import packaged_detector_path
 
     damaged = tmp_path / "face_detection_short_range.tflite"
     shutil.copy(packaged_detector_path("blazeface_short"), damaged)

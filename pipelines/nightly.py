@@ -41,8 +41,10 @@ def main() -> int:
 
     args.log_dir.mkdir(parents=True, exist_ok=True)
     log_file = args.log_dir / f"nightly-{dt.datetime.now():%Y%m%d-%H%M%S}.log"
-    environment = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
     python = sys.executable
+    # dvc.yaml's stages call `python`: make that this interpreter (cron gives no virtualenv on PATH)
+    path = f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    environment = {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
     steps = [
         [python, "pipelines/tune.py", "--splits", "data/splits.parquet", "--images", "data/images",
          "--out", "data/reports/tune/best_params.json", "--reports", "data/reports/tune",

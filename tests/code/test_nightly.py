@@ -59,3 +59,18 @@ def test_params_yaml_configuration_is_the_baseline_trial_when_inside_the_space()
     }
     outside = {**params["train"], "dropout": 0.99}
     assert baseline_params(params["tune"]["space"], outside, params["rebalance"]["strategy"]) is None
+
+
+def test_steps_run_with_this_interpreter_first_on_path(tmp_path):
+    """dvc.yaml's stages call `python`; under cron no virtualenv is on PATH, so the nightly puts
+    its own interpreter's folder first (a first real nightly failed with 'No module named optuna')."""
+    import os
+
+    workspace = _workspace(tmp_path)
+    stub = "import shutil\nprint('python is', shutil.which('python'))\n"
+    (workspace / "pipelines" / "tune.py").write_text(stub)
+    command = [sys.executable, "pipelines/nightly.py", "--trials", "1", "--timeout-minutes", "1"]
+    environment = {**os.environ, "PATH": "/usr/bin:/bin"}
+    subprocess.run(command, cwd=workspace, capture_output=True, text=True, timeout=300, env=environment)
+    log = next((workspace / "data" / "logs").glob("nightly-*.log")).read_text()
+    assert f"python is {Path(sys.executable).parent / 'python'}" in log

@@ -125,6 +125,7 @@ def main() -> None:
                 augment=params["augment"] if params["augment"] != "auto" else device["device"] == "gpu",
                 seed=params["seed"], checkpoint_dir=args.checkpoints / "epochs",
                 on_epoch=tracking.epoch_hook(), jit=bool(device["xla"]), realign=params["realign"],
+                weight_soup=params["weight_soup"],
             )  # fmt: skip
         except (WeightsError, ValueError) as error:
             fail(str(error))
@@ -136,12 +137,15 @@ def main() -> None:
             write_json(info, folder / "model_info.json")
         write_csv(result.history, args.history)
         curves = plot_curves(result.history, args.history.with_suffix(".png"))
-        best = result.history["val_accuracy"].max()
+        best_epoch = result.history["val_accuracy"].max()
+        best = max(best_epoch, result.soup["val_accuracy"]) if result.soup else best_epoch
         summary = {
             "best_val_accuracy": float(best),
-            "best_val_within_one": float(
+            "best_epoch_val_accuracy": float(best_epoch),
+            "best_epoch_val_within_one": float(
                 result.history.loc[result.history["val_accuracy"].idxmax(), "val_within_one"]
             ),
+            "soup_epochs": len(result.soup["epochs"]) if result.soup else 0,
             "epochs": int(len(result.history)),
             "train_seconds": round(result.seconds, 1),
             "train_images_per_second": round(result.images_per_second, 1),

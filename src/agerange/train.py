@@ -54,6 +54,7 @@ class TrainResult:
     boundary: str | None  # layer whose output was cached, None when the full network ran
     seconds: float
     images_per_second: float  # training throughput, images (not cached features) per second
+    soup: dict | None = None  # weight soup: the fine-tuning epochs averaged and its val accuracy
 
 
 def configure_device(mixed_precision: str = "auto") -> dict[str, object]:
@@ -200,6 +201,67 @@ class _EpochCallback:
         return EpochCallback()
 
 
+class _SnapshotCallback:
+    """Keras callback factory: saves the trained weights after every epoch, for the weight soup."""
+
+    @staticmethod
+    def make(folder: Path, offset: int):
+        import keras
+
+        class SnapshotCallback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                # On disk, not in memory: an interrupted fine-tuning resumes with its earlier epochs.
+                folder.mkdir(parents=True, exist_ok=True)
+                accuracy = float((logs or {})["val_accuracy"])
+                np.savez(folder / f"epoch_{offset + epoch + 1:03d}.npz", accuracy, *self.model.get_weights())
+
+        return SnapshotCallback()
+
+
+def _load_snapshots(folder: Path) -> list[tuple[int, float, list[np.ndarray]]]:
+    """(epoch, val accuracy, weights) of every saved snapshot, best val accuracy first."""
+    snapshots = []
+    for path in sorted(folder.glob("epoch_*.npz")):
+        with np.load(path) as arrays:
+            values = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
+        snapshots.append((int(path.stem.split("_")[1]), float(values[0]), values[1:]))
+    return sorted(snapshots, key=lambda snapshot: -snapshot[1])
+
+
+def greedy_soup(trainer, snapshots: list[tuple[int, float, list[np.ndarray]]], val_data) -> dict:
+    """Average the weights of the fine-tuning epochs that help, chosen on the validation split.
+
+    The "greedy soup" of Wortsman et al. (2022): start from the best epoch, add each next-best
+    epoch to the average if validation accuracy does not drop. Exact here because
+    BatchNormalization stays frozen (its statistics need no re-estimate after averaging).
+    Leaves `trainer` holding the soup's weights.
+
+    Returns:
+        {"epochs": the epochs averaged, "val_accuracy": the soup's validation accuracy}.
+    """
+
+    def mean(members):
+        # Floating weights are averaged; integer state (augmentation seeds) is the best member's.
+        return [
+            np.mean(arrays, axis=0).astype(arrays[0].dtype) if np.issubdtype(arrays[0].dtype, np.floating)
+            else arrays[0]
+            for arrays in zip(*(weights for _, _, weights in members), strict=True)
+        ]  # fmt: skip
+
+    def accuracy(weights) -> float:
+        trainer.set_weights(weights)
+        return float(trainer.evaluate(val_data, verbose=0, return_dict=True)["accuracy"])
+
+    soup = snapshots[:1]
+    best = accuracy(mean(soup))
+    for candidate in snapshots[1:]:
+        score = accuracy(mean([*soup, candidate]))
+        if score >= best:
+            soup, best = [*soup, candidate], score
+    trainer.set_weights(mean(soup))
+    return {"epochs": sorted(epoch for epoch, _, _ in soup), "val_accuracy": best}
+
+
 def _fit(model, train_data, val_data, epochs, patience, checkpoint_dir, callbacks):
     """Fit with early stopping (best weights restored) and an epoch checkpoint to resume from."""
     import keras
@@ -247,6 +309,7 @@ def train(
     feature_cache: dict | None = None,
     cache_unfreeze_layers: int | None = None,
     realign: bool = False,
+    weight_soup: bool = False,
 ) -> TrainResult:
     """Two-phase training: the head on a frozen backbone, then the top `unfreeze_layers` layers.
 
@@ -275,6 +338,8 @@ def train(
             the layers between that boundary and `unfreeze_layers` stay frozen.
         realign: also train on each chip re-cut the way predict cuts faces from photos
             (`faces.realign_chips`), so the model knows the alignment jitter it meets there.
+        weight_soup: end with the average of the fine-tuning epochs that help on validation
+            (`greedy_soup`) instead of the single best epoch.
     """
     import keras
 
@@ -346,16 +411,26 @@ def train(
         model.save_weights(phase1_weights)
         (checkpoint_dir / "phase1_history.json").write_text(json.dumps(records))
 
+    soup = None
     if unfreeze_layers > 0 and finetune_epochs > 0:
         unfreeze(model, backbone, unfreeze_layers)
         _compile(trainer, finetune_learning_rate, jit)
-        callback = _EpochCallback.make("finetune", len(records), records, probe_inputs, on_epoch)
+        callbacks = [_EpochCallback.make("finetune", len(records), records, probe_inputs, on_epoch)]
+        if weight_soup:
+            callbacks.append(_SnapshotCallback.make(checkpoint_dir / "soup", len(records)))
         epochs = _fit(
-            trainer, train_data, val_data, finetune_epochs, patience, checkpoint_dir / "phase2", [callback]
+            trainer, train_data, val_data, finetune_epochs, patience, checkpoint_dir / "phase2", callbacks
         )
         images_seen += epochs * len(train.groups)
+        if weight_soup:
+            soup = greedy_soup(trainer, _load_snapshots(checkpoint_dir / "soup"), val_data)
+            log.info(
+                "weight soup of epochs %s: validation accuracy %.4f", soup["epochs"], soup["val_accuracy"]
+            )
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
-    return _result(model, records, boundary, started, images_seen)
+    result = _result(model, records, boundary, started, images_seen)
+    result.soup = soup
+    return result
 
 
 def _cached_features(

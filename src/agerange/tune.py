@@ -181,9 +181,10 @@ def make_objective(
                 neighbour_smoothing=settings["neighbour_smoothing"], augment=False, seed=settings["seed"],
                 checkpoint_dir=checkpoint_root / f"trial_{trial.number}", on_epoch=on_epoch,
                 feature_cache=feature_cache, cache_unfreeze_layers=deepest.get(settings["backbone"]),
-                realign=settings.get("realign", False),
+                realign=settings.get("realign", False), weight_soup=settings.get("weight_soup", False),
             )  # fmt: skip
-        return float(result.history["val_accuracy"].max())
+        best_epoch = float(result.history["val_accuracy"].max())
+        return max(best_epoch, result.soup["val_accuracy"]) if result.soup else best_epoch
 
     return objective
 

@@ -32,7 +32,7 @@ def test_two_phase_training_lowers_the_loss_and_beats_chance(mini_splits, tmp_pa
         backbone="mobilenet_v2", image_size=size, weights_dir=WEIGHTS, unfreeze_layers=20,
         dropout=0.1, head_learning_rate=3e-3, finetune_learning_rate=3e-4, head_epochs=3,
         finetune_epochs=2, patience=5, batch_size=32, neighbour_smoothing=0.1, augment=False,
-        seed=1, checkpoint_dir=tmp_path / "ckpt", realign=True,
+        seed=1, checkpoint_dir=tmp_path / "ckpt", realign=True, weight_soup=True,
         on_epoch=lambda phase, epoch, metrics: epochs.append((phase, epoch, metrics)),
     )  # fmt: skip
     history = result.history
@@ -45,6 +45,40 @@ def test_two_phase_training_lowers_the_loss_and_beats_chance(mini_splits, tmp_pa
     accuracy = (predict_probabilities(result.model, chips).argmax(1) == data["train"].groups).mean()
     assert accuracy > 0.2  # chance is 0.1 over ten balanced groups
     assert not (tmp_path / "ckpt").exists()  # finished: checkpoints removed
+    # The returned model is the weight soup of fine-tuning epochs, as good as its best epoch on val.
+    assert set(result.soup["epochs"]) <= {4, 5} and result.soup["epochs"]
+    assert result.soup["val_accuracy"] >= history.loc[history["phase"] == "finetune", "val_accuracy"].max()
+    val_predicted = predict_probabilities(result.model, data["val"].chips, flip=False).argmax(1)
+    assert (val_predicted == data["val"].groups).mean() == pytest.approx(
+        result.soup["val_accuracy"], abs=1e-6
+    )
+
+
+def test_greedy_soup_keeps_epochs_that_help_and_drops_one_that_hurts():
+    import keras
+
+    from agerange.train import _dataset, greedy_soup
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(300, 6)).astype(np.float32)
+    groups = features[:, :3].argmax(1)  # learnable: the largest of the first three features
+    data = _dataset(features, groups, np.ones(300, np.float32), batch_size=64, shuffle=False, seed=0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(10, activation="softmax")])
+    model.compile(
+        loss="categorical_crossentropy", metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")]
+    )
+    good = [np.zeros((6, 10), np.float32), np.zeros(10, np.float32)]
+    good[0][[0, 1, 2], [0, 1, 2]] = 5.0
+    close = [good[0] / 2, good[1]]  # same decisions, less sure
+    bad = [-3 * good[0], good[1]]  # predicts the smallest feature, strongly: it would flip the average
+
+    soup = greedy_soup(model, [(7, 1.0, good), (9, 0.95, close), (8, 0.0, bad)], data)
+
+    assert soup["epochs"] == [7, 9]  # the bad epoch would have pulled the average down
+    np.testing.assert_allclose(model.get_weights()[0], (good[0] + close[0]) / 2, atol=1e-6)
+    assert soup["val_accuracy"] == pytest.approx(
+        float((model.predict(features, verbose=0).argmax(1) == groups).mean())
+    )
 
 
 def test_cached_and_full_paths_compute_the_same_model(mini_splits, tmp_path):

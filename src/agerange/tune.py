@@ -7,8 +7,10 @@ Trials are pruned on their per-epoch validation accuracy. The study lives in an 
 finished trials are kept, and a trial whose worker died is marked failed and retried.
 """
 
+import contextlib
 import logging
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,20 @@ def _by_name(registry: dict, name: str, what: str):
     if name not in registry:
         raise ValueError(f"unknown {what} '{name}' (valid: {', '.join(registry)})")
     return registry[name]
+
+
+@contextlib.contextmanager
+def _removed_when_done(folder: Path):
+    """Delete a trial's checkpoints when it ends in Python (complete, pruned or failed).
+
+    Trials are not resumed from their checkpoints (a dead worker's trial is retried under a new
+    number), so nothing in the folder is needed once the trial has ended. Without this, every
+    pruned trial left its phase-1 weights and weight-soup snapshots behind.
+    """
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def open_study(
@@ -161,7 +177,8 @@ def make_objective(
         rows = training_rows(train_split, chosen["rebalance_strategy"], rebalance_params["max_per_group"],
                              rebalance_params["seed"])  # fmt: skip
         settings = {**base, **{k: v for k, v in chosen.items() if k in base}}
-        with run_trial(trial.number, chosen) as log_epoch:
+        checkpoint_dir = checkpoint_root / f"trial_{trial.number}"
+        with run_trial(trial.number, chosen) as log_epoch, _removed_when_done(checkpoint_dir):
 
             def on_epoch(phase: str, epoch: int, metrics: dict[str, float]) -> None:
                 log_epoch(phase, epoch, metrics)
@@ -179,7 +196,7 @@ def make_objective(
                 head_epochs=settings["head_epochs"], finetune_epochs=settings["finetune_epochs"],
                 patience=settings["patience"], batch_size=settings["batch_size"],
                 neighbour_smoothing=settings["neighbour_smoothing"], augment=False, seed=settings["seed"],
-                checkpoint_dir=checkpoint_root / f"trial_{trial.number}", on_epoch=on_epoch,
+                checkpoint_dir=checkpoint_dir, on_epoch=on_epoch,
                 feature_cache=feature_cache, cache_unfreeze_layers=deepest.get(settings["backbone"]),
                 realign=settings.get("realign", False), weight_soup=settings.get("weight_soup", False),
             )  # fmt: skip

@@ -24,6 +24,8 @@ def test_three_trial_sweep_trains_the_best_and_registers_it(sweep_repo):
     best = json.loads((sweep_repo / "data/reports/tune/best_params.json").read_text())
     assert best["trials"] == 3 and set(best["params"]) == set(TINY_SPACE)
     assert "using the tuned params" in result.stderr
+    # ended trials (complete or pruned) leave no checkpoints or weight-soup snapshots behind
+    assert not list((sweep_repo / "data/checkpoints/tune").glob("trial_*"))
     registration = json.loads((sweep_repo / "data/reports/registration.json").read_text())
     assert registration["alias"] == "champion" and registration["version"] == 1
     # the packaged model, measured through the whole predict path on every val and test chip

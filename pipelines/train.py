@@ -137,11 +137,10 @@ def main() -> None:
             write_json(info, folder / "model_info.json")
         write_csv(result.history, args.history)
         curves = plot_curves(result.history, args.history.with_suffix(".png"))
-        best_epoch = result.history["val_accuracy"].max()
-        best = max(best_epoch, result.soup["val_accuracy"]) if result.soup else best_epoch
+        best = result.best_val_accuracy
         summary = {
-            "best_val_accuracy": float(best),
-            "best_epoch_val_accuracy": float(best_epoch),
+            "best_val_accuracy": best,
+            "best_epoch_val_accuracy": float(result.history["val_accuracy"].max()),
             "best_epoch_val_within_one": float(
                 result.history.loc[result.history["val_accuracy"].idxmax(), "val_within_one"]
             ),

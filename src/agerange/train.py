@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from agerange.backbones import get_backbone
+from agerange.files import atomic_path
 from agerange.inference import decode_probabilities
 from agerange.labels import GROUP_NAMES
 from agerange.model import (
@@ -55,6 +56,12 @@ class TrainResult:
     seconds: float
     images_per_second: float  # training throughput, images (not cached features) per second
     soup: dict | None = None  # weight soup: the fine-tuning epochs averaged and its val accuracy
+
+    @property
+    def best_val_accuracy(self) -> float:
+        """Validation accuracy of the returned model: the soup's, or the best epoch's without one."""
+        best_epoch = float(self.history["val_accuracy"].max())
+        return max(best_epoch, self.soup["val_accuracy"]) if self.soup else best_epoch
 
 
 def configure_device(mixed_precision: str = "auto") -> dict[str, object]:
@@ -210,10 +217,11 @@ class _SnapshotCallback:
 
         class SnapshotCallback(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
-                # On disk, not in memory: an interrupted fine-tuning resumes with its earlier epochs.
-                folder.mkdir(parents=True, exist_ok=True)
+                # On disk, not in memory: an interrupted fine-tuning resumes with its earlier epochs;
+                # atomic, so a kill mid-write leaves no half snapshot to break that resume.
                 accuracy = float((logs or {})["val_accuracy"])
-                np.savez(folder / f"epoch_{offset + epoch + 1:03d}.npz", accuracy, *self.model.get_weights())
+                with atomic_path(folder / f"epoch_{offset + epoch + 1:03d}.npz") as path:
+                    np.savez(path, accuracy, *self.model.get_weights())
 
         return SnapshotCallback()
 
@@ -428,9 +436,7 @@ def train(
                 "weight soup of epochs %s: validation accuracy %.4f", soup["epochs"], soup["val_accuracy"]
             )
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
-    result = _result(model, records, boundary, started, images_seen)
-    result.soup = soup
-    return result
+    return _result(model, records, boundary, started, images_seen, soup)
 
 
 def _cached_features(
@@ -497,7 +503,7 @@ def _gather(store: dict, bottom, split: SplitData, batch_size: int, kind: str) -
     return every[[rows[(path, kind)] for path in paths]]
 
 
-def _result(model, records, boundary, started, images_seen) -> TrainResult:
+def _result(model, records, boundary, started, images_seen, soup=None) -> TrainResult:
     seconds = time.monotonic() - started
     return TrainResult(
         model=model,
@@ -505,6 +511,7 @@ def _result(model, records, boundary, started, images_seen) -> TrainResult:
         boundary=boundary,
         seconds=seconds,
         images_per_second=images_seen / seconds if seconds else 0.0,
+        soup=soup,
     )
 
 

@@ -200,8 +200,7 @@ def make_objective(
                 feature_cache=feature_cache, cache_unfreeze_layers=deepest.get(settings["backbone"]),
                 realign=settings.get("realign", False), weight_soup=settings.get("weight_soup", False),
             )  # fmt: skip
-        best_epoch = float(result.history["val_accuracy"].max())
-        return max(best_epoch, result.soup["val_accuracy"]) if result.soup else best_epoch
+        return result.best_val_accuracy
 
     return objective
 

@@ -125,7 +125,7 @@ def main() -> None:
                 augment=params["augment"] if params["augment"] != "auto" else device["device"] == "gpu",
                 seed=params["seed"], checkpoint_dir=args.checkpoints / "epochs",
                 on_epoch=tracking.epoch_hook(), jit=bool(device["xla"]), realign=params["realign"],
-                weight_soup=params["weight_soup"],
+                weight_soup=params["weight_soup"], age_sigma=params["age_sigma"],
             )  # fmt: skip
         except (WeightsError, ValueError) as error:
             fail(str(error))

@@ -8,6 +8,8 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 # (name, lowest age, highest age); the last group is open-ended.
 AGE_GROUPS: tuple[tuple[str, int, int | None], ...] = (
     ("Baby", 0, 1),
@@ -68,6 +70,24 @@ def group_midpoints(senior_age: float = 70.0) -> tuple[float, ...]:
     return tuple(
         (lowest + highest) / 2 if highest is not None else senior_age for _, lowest, highest in AGE_GROUPS
     )
+
+
+def age_distribution(ages: np.ndarray, sigma: float) -> np.ndarray:
+    """Probability of each age group for faces of known age, as soft training targets.
+
+    A normal distribution around each face's age on a log(1 + age) scale (a year matters
+    more at 5 than at 50; the groups widen with age the same way), integrated over each
+    group's ages. A 24-year-old's target leans towards 'Adult 25-34', a 19-year-old's towards
+    'Teenager': unlike smoothing every label the same way, the target says where in its group
+    a face lies. Ages are whole years; a group's edges are half-way between its ages and the next.
+
+    Returns:
+        float32 (N, 10), rows summing to 1.
+    """
+    edges = [math.log1p(lowest - 0.5) if lowest > 0 else -math.inf for _, lowest, _ in AGE_GROUPS]
+    z = (np.asarray([*edges, math.inf])[None, :] - np.log1p(np.asarray(ages, float))[:, None]) / sigma
+    below = 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))  # normal CDF at each edge
+    return np.diff(below, axis=1).astype(np.float32)
 
 
 def parse_utkface_name(name: str) -> Label:

@@ -21,7 +21,7 @@ import pandas as pd
 from agerange.backbones import get_backbone
 from agerange.files import atomic_path
 from agerange.inference import decode_probabilities
-from agerange.labels import GROUP_NAMES
+from agerange.labels import GROUP_NAMES, age_distribution
 from agerange.model import (
     boundary_layer,
     build_classifier,
@@ -114,6 +114,14 @@ def soft_labels(groups: np.ndarray, neighbour_smoothing: float) -> np.ndarray:
     return kernel[groups]
 
 
+def training_targets(split: SplitData, neighbour_smoothing: float, age_sigma: float) -> np.ndarray:
+    """Soft targets of a split's rows: from each face's own age when `age_sigma` > 0
+    (`labels.age_distribution`), otherwise its group with `neighbour_smoothing`."""
+    if age_sigma > 0:
+        return age_distribution(split.table["age"].to_numpy(np.float64), age_sigma)
+    return soft_labels(split.groups, neighbour_smoothing)
+
+
 def within_one(y_true, y_pred):
     """Share of predictions at most one age group away (a Keras metric function)."""
     from keras import ops
@@ -148,17 +156,18 @@ def _compile(model, learning_rate: float, jit: bool) -> None:
     )
 
 
-def _dataset(variants, groups, weights, batch_size, shuffle, seed, smoothing=0.0):
+def _dataset(variants, groups, weights, batch_size, shuffle, seed, targets=None):
     """tf.data pipeline over in-memory arrays: shuffle, pick a variant per row, batch, prefetch.
 
     `variants` is one array, or a list of same-shaped arrays holding versions of each row (the
     chip's features, its mirror's, its re-cut's...): each epoch shows every row once, as one of
-    its versions picked at random.
+    its versions picked at random. `targets` are soft labels per row (default: one-hot groups).
     """
     import tensorflow as tf
 
     variants = variants if isinstance(variants, list) else [variants]
-    data = tf.data.Dataset.from_tensor_slices((tuple(variants), soft_labels(groups, smoothing), weights))
+    targets = soft_labels(groups, 0.0) if targets is None else targets
+    data = tf.data.Dataset.from_tensor_slices((tuple(variants), targets, weights))
     if shuffle:
         data = data.shuffle(len(groups), seed=seed, reshuffle_each_iteration=True)
     rng = tf.random.Generator.from_seed(seed)
@@ -318,6 +327,7 @@ def train(
     cache_unfreeze_layers: int | None = None,
     realign: bool = False,
     weight_soup: bool = False,
+    age_sigma: float = 0.0,
 ) -> TrainResult:
     """Two-phase training: the head on a frozen backbone, then the top `unfreeze_layers` layers.
 
@@ -332,7 +342,8 @@ def train(
         head_epochs, finetune_epochs: maximum epochs per phase (early stopping may end sooner).
         patience: epochs without a better validation accuracy before stopping.
         batch_size: images per step.
-        neighbour_smoothing: share of each target moved to the adjacent age groups.
+        neighbour_smoothing: share of each target moved to the adjacent age groups (when
+            `age_sigma` is 0).
         augment: run the whole network on augmented images each epoch (flip, brightness,
             small shift and crop) instead of caching the frozen part's output.
         seed: seed for Keras, shuffling and augmentation.
@@ -348,6 +359,8 @@ def train(
             (`faces.realign_chips`), so the model knows the alignment jitter it meets there.
         weight_soup: end with the average of the fine-tuning epochs that help on validation
             (`greedy_soup`) instead of the single best epoch.
+        age_sigma: when > 0, targets are each face's age spread by this much on a log(1 + age)
+            scale (`labels.age_distribution`) instead of `neighbour_smoothing`.
     """
     import keras
 
@@ -359,6 +372,7 @@ def train(
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     images_seen = 0
+    targets = training_targets(train, neighbour_smoothing, age_sigma)
 
     if not pretrained:
         # Trained from scratch: one phase over augmented images.
@@ -369,7 +383,7 @@ def train(
         callback = _EpochCallback.make("train", 0, records, probe and (probe.chips, probe.groups), on_epoch)
         epochs = _fit(
             trainer,
-            _dataset(train.chips, train.groups, train.weights, batch_size, True, seed, neighbour_smoothing),
+            _dataset(train.chips, train.groups, train.weights, batch_size, True, seed, targets),
             _dataset(val.chips, val.groups, val.weights, batch_size, False, seed),
             head_epochs + finetune_epochs, patience, checkpoint_dir / "phase1", [callback],
         )  # fmt: skip
@@ -385,9 +399,7 @@ def train(
         inputs = keras.Input((image_size, image_size, 3))
         trainer = keras.Model(inputs, model(augmentation(inputs)))
         variants = [train.chips, _realigned(train.chips)] if realign else train.chips
-        train_data = _dataset(
-            variants, train.groups, train.weights, batch_size, True, seed, neighbour_smoothing
-        )
+        train_data = _dataset(variants, train.groups, train.weights, batch_size, True, seed, targets)
         val_data = _dataset(val.chips, val.groups, val.weights, batch_size, False, seed)
         probe_inputs = probe and (probe.chips, probe.groups)
     else:
@@ -395,9 +407,7 @@ def train(
         features = _cached_features(
             feature_cache, bottom, boundary, backbone, image_size, train, val, probe, batch_size, realign
         )
-        train_data = _dataset(
-            features["train"], train.groups, train.weights, batch_size, True, seed, neighbour_smoothing
-        )
+        train_data = _dataset(features["train"], train.groups, train.weights, batch_size, True, seed, targets)
         val_data = _dataset(features["val"], val.groups, val.weights, batch_size, False, seed)
         probe_inputs = probe and (features["probe"], probe.groups)
         log.info(

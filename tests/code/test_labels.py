@@ -1,9 +1,11 @@
+import numpy as np
 import pytest
 
 from agerange.labels import (
     AGE_GROUPS,
     GROUP_NAMES,
     LabelError,
+    age_distribution,
     age_to_group,
     group_midpoints,
     parse_imdb_wiki_name,
@@ -95,3 +97,17 @@ def test_groups_are_contiguous_and_midpoints_fall_inside_their_group():
         assert lowest == highest + 1
     for index, midpoint in enumerate(group_midpoints()):
         assert age_to_group(midpoint) == index
+
+
+def test_age_distribution_peaks_on_the_true_group_and_leans_towards_the_nearer_edge():
+    ages = np.arange(1, 117)
+    targets = age_distribution(ages, 0.085)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+    assert list(targets.argmax(axis=1)) == [age_to_group(age) for age in ages]
+    teenager, adult = 4, 6
+    at_19, at_24 = targets[19 - 1], targets[24 - 1]
+    assert at_24[adult] > 0.3 and at_24[teenager] < 0.01  # the top of Young Adult leans up
+    assert at_19[teenager] > 0.3 and at_19[adult] < 0.01  # its bottom leans down
+    assert targets[30 - 1][adult] > targets[25 - 1][adult]  # mid-group ages are surer
+    # A narrow spread is the plain one-hot label.
+    np.testing.assert_allclose(age_distribution(ages, 1e-4), np.eye(10)[targets.argmax(axis=1)], atol=1e-6)

@@ -32,7 +32,7 @@ def test_two_phase_training_lowers_the_loss_and_beats_chance(mini_splits, tmp_pa
         backbone="mobilenet_v2", image_size=size, weights_dir=WEIGHTS, unfreeze_layers=20,
         dropout=0.1, head_learning_rate=3e-3, finetune_learning_rate=3e-4, head_epochs=3,
         finetune_epochs=2, patience=5, batch_size=32, neighbour_smoothing=0.1, augment=False,
-        seed=1, checkpoint_dir=tmp_path / "ckpt", realign=True, weight_soup=True,
+        seed=1, checkpoint_dir=tmp_path / "ckpt", realign=True, weight_soup=True, age_sigma=0.085,
         on_epoch=lambda phase, epoch, metrics: epochs.append((phase, epoch, metrics)),
     )  # fmt: skip
     history = result.history
@@ -121,6 +121,19 @@ def test_soft_labels_keep_mass_on_the_truth_and_its_neighbours():
     assert labels[0, 0] == pytest.approx(0.8) and labels[0, 1] == pytest.approx(0.2)
     assert labels[1, 4] == pytest.approx(0.1) and labels[1, 6] == pytest.approx(0.1)
     assert labels[2, 8] == pytest.approx(0.2)
+
+
+def test_training_targets_come_from_ages_when_age_sigma_is_set(mini_splits):
+    from agerange.labels import age_distribution
+    from agerange.train import training_targets
+
+    train_split = mini_splits[0]["train"]
+    np.testing.assert_array_equal(
+        training_targets(train_split, 0.2, 0.0), soft_labels(train_split.groups, 0.2)
+    )
+    by_age = training_targets(train_split, 0.2, 0.085)
+    np.testing.assert_array_equal(by_age, age_distribution(train_split.table["age"].to_numpy(), 0.085))
+    assert (by_age.argmax(axis=1) == train_split.groups).all()
 
 
 class Interrupted(Exception):

@@ -10,8 +10,17 @@ import json
 from pathlib import Path
 
 from agerange import tracking
-from agerange.config import load_params, setup_logging
+from agerange.config import fail, load_params, setup_logging
 from agerange.files import write_json
+
+
+def metric_score(values: dict, metric: str, prefix: str = "") -> float:
+    """The value of `metric` in `values`; `a+b` is the mean of metrics a and b.
+
+    `prefix` reads the same metrics from a registered version's tags (`val_accuracy`...).
+    """
+    parts = metric.split("+")
+    return sum(float(values[prefix + part]) for part in parts) / len(parts)
 
 
 def main() -> None:
@@ -27,7 +36,10 @@ def main() -> None:
     reference = tracking.read_run_reference(args.model / "run.json")
     evaluation = json.loads(args.evaluation.read_text())
     split, metric = params["split"], params["metric"]
-    score = float(evaluation[split][metric])
+    try:
+        score = metric_score(evaluation[split], metric)
+    except KeyError as error:
+        fail(f"register.metric '{metric}': {error} is not in {args.evaluation} ({split} split)")
     tags = {
         "run_id": reference["run_id"],
         "git_commit": tracking.git_commit(),
@@ -35,7 +47,13 @@ def main() -> None:
         **{f"data.{path}": md5 for path, md5 in tracking.data_version().items()},
     }
     outcome = tracking.register(
-        reference["model_uri"], f"{split}_{metric}", score, tags, params["greater_is_better"], params["name"]
+        reference["model_uri"],
+        f"{split}_{metric}",
+        score,
+        tags,
+        params["greater_is_better"],
+        params["name"],
+        score_from_tags=lambda version_tags: metric_score(version_tags, metric, prefix=f"{split}_"),
     )
     write_json(outcome, args.out)
     before = outcome["champion_score_before"]

@@ -126,6 +126,7 @@ def main() -> None:
                 seed=params["seed"], checkpoint_dir=args.checkpoints / "epochs",
                 on_epoch=tracking.epoch_hook(), jit=bool(device["xla"]), realign=params["realign"],
                 weight_soup=params["weight_soup"], age_sigma=params["age_sigma"],
+                finetune_runs=params["finetune_runs"],
             )  # fmt: skip
         except (WeightsError, ValueError) as error:
             fail(str(error))

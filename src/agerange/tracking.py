@@ -8,6 +8,7 @@ Entry points call `use_store` once; library code gets plain callables (hooks) fr
 import json
 import logging
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +276,18 @@ def beats(candidate: float, incumbent: float | None, greater_is_better: bool = T
     return candidate > incumbent if greater_is_better else candidate < incumbent
 
 
+def _version_score(
+    tags: dict[str, str], metric: str, score_from_tags: Callable[[dict[str, str]], float] | None
+) -> float | None:
+    """A registered version's score: its `metric` tag, else derived from its tags, else None."""
+    if metric in tags:
+        return float(tags[metric])
+    try:
+        return float(score_from_tags(tags)) if score_from_tags else None
+    except (KeyError, ValueError):
+        return None
+
+
 def register(
     model_uri: str,
     metric: str,
@@ -282,11 +295,14 @@ def register(
     tags: dict[str, Any],
     greater_is_better: bool = True,
     name: str = MODEL_NAME,
+    score_from_tags: Callable[[dict[str, str]], float] | None = None,
 ) -> dict[str, Any]:
     """Register a logged model; move `champion` to it only if it beats the current champion.
 
-    The comparison uses the `metric` tag stored on each version when it was registered. A
-    version that does not win gets the `challenger` alias. No version is ever deleted or
+    The comparison uses the `metric` tag stored on each version when it was registered; a
+    champion registered before that metric existed is scored by `score_from_tags` (its other
+    tags), and one that cannot be scored is kept. A version that does not win gets the
+    `challenger` alias. No version is ever deleted or
     overwritten: aliases move, versions stay. A version from the champion's own training run
     with the same score is the same weights packaged anew (say, with a newer serving wrapper):
     it takes over `champion`, since it is not worse.
@@ -301,9 +317,9 @@ def register(
         client.create_registered_model(name, description="Age-group classifier from face chips (agerange)")
     try:
         incumbent_version = client.get_model_version_by_alias(name, CHAMPION)
-        incumbent = float(incumbent_version.tags[metric])
-    except (mlflow.exceptions.MlflowException, KeyError):
-        incumbent_version, incumbent = None, None
+    except mlflow.exceptions.MlflowException:
+        incumbent_version = None
+    incumbent = _version_score(incumbent_version.tags, metric, score_from_tags) if incumbent_version else None
     version = mlflow.register_model(
         model_uri, name, tags={metric: str(score), **{k: str(v) for k, v in tags.items()}}
     )
@@ -313,7 +329,9 @@ def register(
         and incumbent_version.tags.get("run_id") == str(tags["run_id"])
         and incumbent == score
     )
-    alias = CHAMPION if repackaged or beats(score, incumbent, greater_is_better) else CHALLENGER
+    comparable = incumbent_version is None or incumbent is not None
+    wins = repackaged or (comparable and beats(score, incumbent, greater_is_better))
+    alias = CHAMPION if wins else CHALLENGER
     if alias == CHAMPION and incumbent_version is not None:
         client.set_registered_model_alias(name, "previous_champion", incumbent_version.version)
     client.set_registered_model_alias(name, alias, version.version)

@@ -328,6 +328,7 @@ def train(
     realign: bool = False,
     weight_soup: bool = False,
     age_sigma: float = 0.0,
+    finetune_runs: int = 1,
 ) -> TrainResult:
     """Two-phase training: the head on a frozen backbone, then the top `unfreeze_layers` layers.
 
@@ -361,9 +362,13 @@ def train(
             (`greedy_soup`) instead of the single best epoch.
         age_sigma: when > 0, targets are each face's age spread by this much on a log(1 + age)
             scale (`labels.age_distribution`) instead of `neighbour_smoothing`.
+        finetune_runs: phase-2 runs, each from the end of phase 1 with its own data order; their
+            epochs all go into the weight soup (which they need: without it only one run is kept).
     """
     import keras
 
+    if finetune_runs > 1 and not weight_soup:
+        raise ValueError(f"finetune_runs {finetune_runs} needs weight_soup: without it only one run is kept")
     keras.utils.set_random_seed(seed)
     started = time.monotonic()
     model = build_classifier(backbone, image_size, weights_dir, dropout, weights_sha256)
@@ -399,7 +404,6 @@ def train(
         inputs = keras.Input((image_size, image_size, 3))
         trainer = keras.Model(inputs, model(augmentation(inputs)))
         variants = [train.chips, _realigned(train.chips)] if realign else train.chips
-        train_data = _dataset(variants, train.groups, train.weights, batch_size, True, seed, targets)
         val_data = _dataset(val.chips, val.groups, val.weights, batch_size, False, seed)
         probe_inputs = probe and (probe.chips, probe.groups)
     else:
@@ -407,13 +411,14 @@ def train(
         features = _cached_features(
             feature_cache, bottom, boundary, backbone, image_size, train, val, probe, batch_size, realign
         )
-        train_data = _dataset(features["train"], train.groups, train.weights, batch_size, True, seed, targets)
+        variants = features["train"]
         val_data = _dataset(features["val"], val.groups, val.weights, batch_size, False, seed)
         probe_inputs = probe and (features["probe"], probe.groups)
         log.info(
             "cached the frozen part's output at layer %s: %s per image", boundary, features["val"].shape[1:]
         )
 
+    train_data = _dataset(variants, train.groups, train.weights, batch_size, True, seed, targets)
     phase1_weights = checkpoint_dir / "phase1_done.weights.h5"
     if phase1_weights.is_file():
         model.load_weights(phase1_weights)  # resume: phase 1 finished in an earlier, interrupted run
@@ -432,14 +437,28 @@ def train(
     soup = None
     if unfreeze_layers > 0 and finetune_epochs > 0:
         unfreeze(model, backbone, unfreeze_layers)
-        _compile(trainer, finetune_learning_rate, jit)
-        callbacks = [_EpochCallback.make("finetune", len(records), records, probe_inputs, on_epoch)]
-        if weight_soup:
-            callbacks.append(_SnapshotCallback.make(checkpoint_dir / "soup", len(records)))
-        epochs = _fit(
-            trainer, train_data, val_data, finetune_epochs, patience, checkpoint_dir / "phase2", callbacks
-        )
-        images_seen += epochs * len(train.groups)
+        for run in range(finetune_runs):
+            finished = checkpoint_dir / f"phase2_{run}_history.json"
+            if finished.is_file():  # resume: this fine-tuning run ended before the interruption
+                records[:] = json.loads(finished.read_text())
+                continue
+            # Every run starts where phase 1 ended and differs only in its data order (its seed),
+            # so the runs stay close enough for their weights to be averaged in the soup.
+            model.load_weights(phase1_weights)
+            _compile(trainer, finetune_learning_rate, jit)
+            callbacks = [_EpochCallback.make("finetune", len(records), records, probe_inputs, on_epoch)]
+            if weight_soup:
+                callbacks.append(_SnapshotCallback.make(checkpoint_dir / "soup", len(records)))
+            run_data = train_data if run == 0 else _dataset(
+                variants, train.groups, train.weights, batch_size, True, seed + run, targets
+            )  # fmt: skip
+            epochs = _fit(
+                trainer, run_data, val_data, finetune_epochs, patience, checkpoint_dir / f"phase2_{run}",
+                callbacks,
+            )  # fmt: skip
+            images_seen += epochs * len(train.groups)
+            with atomic_path(finished) as path:
+                path.write_text(json.dumps(records))
         if weight_soup:
             soup = greedy_soup(trainer, _load_snapshots(checkpoint_dir / "soup"), val_data)
             log.info(

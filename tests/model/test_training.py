@@ -136,6 +136,34 @@ def test_training_targets_come_from_ages_when_age_sigma_is_set(mini_splits):
     assert (by_age.argmax(axis=1) == train_split.groups).all()
 
 
+def test_fine_tuning_runs_start_from_phase_one_and_all_feed_the_soup(mini_splits, tmp_path):
+    data, size = mini_splits
+    settings = dict(
+        backbone="mobilenet_v2", image_size=size, weights_dir=WEIGHTS, unfreeze_layers=20, dropout=0.1,
+        head_learning_rate=3e-3, finetune_learning_rate=3e-4, head_epochs=2, finetune_epochs=2,
+        patience=5, batch_size=32, neighbour_smoothing=0.1, augment=False, seed=1,
+    )  # fmt: skip
+    snapshots = []
+
+    def keep_snapshots(phase, epoch, metrics):
+        snapshots.append(sorted(path.name for path in (tmp_path / "ckpt" / "soup").glob("*.npz")))
+
+    result = train(
+        data["train"], data["val"], None, **settings, checkpoint_dir=tmp_path / "ckpt", weight_soup=True,
+        finetune_runs=2, on_epoch=keep_snapshots,
+    )  # fmt: skip
+    assert list(result.history["phase"]) == ["head"] * 2 + ["finetune"] * 4
+    assert list(result.history["epoch"]) == [1, 2, 3, 4, 5, 6]
+    # The snapshot of an epoch is written after the tracking hook: the last one sees the first five.
+    assert snapshots[-1] == [f"epoch_{epoch:03d}.npz" for epoch in (3, 4, 5)]
+    assert set(result.soup["epochs"]) <= {3, 4, 5, 6} and result.soup["epochs"]
+    # The second run restarted from phase 1, so its first epoch is no better trained than the first run's.
+    finetune = result.history[result.history["phase"] == "finetune"].reset_index(drop=True)
+    assert finetune.loc[2, "loss"] > finetune.loc[1, "loss"]
+    with pytest.raises(ValueError, match="needs weight_soup"):
+        train(data["train"], data["val"], None, **settings, checkpoint_dir=tmp_path / "x", finetune_runs=2)
+
+
 class Interrupted(Exception):
     pass
 
@@ -164,3 +192,27 @@ def test_an_interrupted_training_resumes_where_it_stopped(mini_splits, tmp_path)
     # Phase 1 is not trained again, and phase 2 continues after its checkpointed first epoch.
     assert resumed == [("finetune", 5), ("finetune", 6)]
     assert list(result.history["phase"]) == ["head"] * 3 + ["finetune"] * 2
+
+
+def test_an_interrupted_second_fine_tuning_run_resumes_without_redoing_the_first(mini_splits, tmp_path):
+    data, size = mini_splits
+    settings = dict(
+        backbone="mobilenet_v2", image_size=size, weights_dir=WEIGHTS, unfreeze_layers=20, dropout=0.1,
+        head_learning_rate=3e-3, finetune_learning_rate=3e-4, head_epochs=2, finetune_epochs=2,
+        patience=5, batch_size=32, neighbour_smoothing=0.1, augment=False, seed=1,
+        checkpoint_dir=tmp_path / "ckpt", weight_soup=True, finetune_runs=2,
+    )  # fmt: skip
+
+    def crash_in_the_second_run(phase, epoch, metrics):
+        if epoch == 5:  # epochs 3-4 are the first run, 5-6 the second
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(data["train"], data["val"], None, on_epoch=crash_in_the_second_run, **settings)
+    resumed = []
+    result = train(
+        data["train"], data["val"], None, on_epoch=lambda p, e, m: resumed.append((p, e)), **settings
+    )
+    assert resumed == [("finetune", 6)]  # the first run is not trained again
+    assert list(result.history["epoch"]) == [1, 2, 3, 4, 6]
+    assert set(result.soup["epochs"]) <= {3, 4, 6}

@@ -48,7 +48,7 @@ def main() -> None:
     }
     outcome = tracking.register(
         reference["model_uri"],
-        f"{split}_{metric}",
+        f"{split}_{metric}".replace("+", "_and_"),  # registry tag names allow no '+'
         score,
         tags,
         params["greater_is_better"],
@@ -56,15 +56,16 @@ def main() -> None:
         score_from_tags=lambda version_tags: metric_score(version_tags, metric, prefix=f"{split}_"),
     )
     write_json(outcome, args.out)
-    before = outcome["champion_score_before"]
+    before, before_version = outcome["champion_score_before"], outcome["champion_version_before"]
+    if before is not None:
+        verdict = f"the champion had {before:.4f} (version {before_version})."
+    elif before_version is None:
+        verdict = "there was no champion before."
+    else:
+        verdict = f"the champion (version {before_version}) has no {split} {metric} to compare with: kept."
     print(
         f"register: {params['name']} version {outcome['version']} ({split} {metric} {score:.4f}) is now "
-        f"'{outcome['alias']}'"
-        + (
-            f"; the champion had {before:.4f} (version {outcome['champion_version_before']})."
-            if before is not None
-            else "; there was no champion before."
-        )
+        f"'{outcome['alias']}'; {verdict}"
     )
 
 

@@ -62,3 +62,33 @@ def test_the_same_training_run_packaged_anew_takes_champion_but_another_run_at_a
     tie = tracking.register(other, "val_accuracy", 0.55, {"run_id": other.split("/")[1]})
     assert tie["alias"] == "challenger" and not tie["repackaged"]
     assert tracking.aliases() == {"champion": 2, "previous_champion": 1, "challenger": 3}
+
+
+def test_a_champion_registered_before_the_metric_existed_is_scored_from_its_tags_or_kept(store):
+    """Switching register.metric must not hand `champion` to whatever comes next."""
+    tracking.register(_log(store, 1), "val_accuracy", 0.59, {"val_accuracy": 0.59, "val_within_one": 0.93})
+
+    def mean_of_tags(tags):
+        return (float(tags["val_accuracy"]) + float(tags["val_within_one"])) / 2
+
+    mean = "val_accuracy_and_within_one"
+    worse = tracking.register(_log(store, 2), mean, 0.75, {}, score_from_tags=mean_of_tags)
+    assert worse["alias"] == "challenger" and worse["champion_score_before"] == pytest.approx(0.76)
+    unscorable = tracking.register(_log(store, 3), "val_macro_f1", 0.99, {})  # version 1 has no such tag
+    assert unscorable["alias"] == "challenger" and unscorable["champion_score_before"] is None
+    better = tracking.register(_log(store, 4), mean, 0.77, {}, score_from_tags=mean_of_tags)
+    assert better["alias"] == "champion"
+    assert tracking.aliases()["champion"] == 4 and tracking.aliases()["previous_champion"] == 1
+
+
+def test_register_metric_is_one_evaluation_figure_or_the_mean_of_several():
+    from pipelines.register import metric_score
+
+    figures = {"accuracy": 0.6, "within_one": 0.9}
+    assert metric_score(figures, "accuracy") == 0.6
+    assert metric_score(figures, "accuracy+within_one") == pytest.approx(0.75)
+    assert metric_score({"val_accuracy": "0.6", "val_within_one": "0.9"}, "accuracy+within_one", "val_") == (
+        pytest.approx(0.75)
+    )
+    with pytest.raises(KeyError):
+        metric_score(figures, "accuracy+f1")

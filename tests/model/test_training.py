@@ -11,6 +11,15 @@ WEIGHTS = PROJECT_ROOT.parent / "shared" / "weights"
 pytestmark = pytest.mark.slow
 
 
+def _tiny_settings(size: int, **changes) -> dict:
+    """train() settings of the small two-phase runs below, with `changes` on top."""
+    return dict(
+        backbone="mobilenet_v2", image_size=size, weights_dir=WEIGHTS, unfreeze_layers=20, dropout=0.1,
+        head_learning_rate=3e-3, finetune_learning_rate=3e-4, patience=5, batch_size=32,
+        neighbour_smoothing=0.1, augment=False, seed=1, **changes,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def mini_splits(mini_ingested):
     images, metadata, _ = mini_ingested
@@ -138,11 +147,7 @@ def test_training_targets_come_from_ages_when_age_sigma_is_set(mini_splits):
 
 def test_fine_tuning_runs_start_from_phase_one_and_all_feed_the_soup(mini_splits, tmp_path):
     data, size = mini_splits
-    settings = dict(
-        backbone="mobilenet_v2", image_size=size, weights_dir=WEIGHTS, unfreeze_layers=20, dropout=0.1,
-        head_learning_rate=3e-3, finetune_learning_rate=3e-4, head_epochs=2, finetune_epochs=2,
-        patience=5, batch_size=32, neighbour_smoothing=0.1, augment=False, seed=1,
-    )  # fmt: skip
+    settings = _tiny_settings(size, head_epochs=2, finetune_epochs=2)
     snapshots = []
 
     def keep_snapshots(phase, epoch, metrics):
@@ -170,12 +175,7 @@ class Interrupted(Exception):
 
 def test_an_interrupted_training_resumes_where_it_stopped(mini_splits, tmp_path):
     data, size = mini_splits
-    settings = dict(
-        backbone="mobilenet_v2", image_size=size, weights_dir=WEIGHTS, unfreeze_layers=20, dropout=0.1,
-        head_learning_rate=3e-3, finetune_learning_rate=3e-4, head_epochs=3, finetune_epochs=3,
-        patience=5, batch_size=32, neighbour_smoothing=0.1, augment=False, seed=1,
-        checkpoint_dir=tmp_path / "ckpt",
-    )  # fmt: skip
+    settings = _tiny_settings(size, head_epochs=3, finetune_epochs=3, checkpoint_dir=tmp_path / "ckpt")
 
     def crash_in_phase_two(phase, epoch, metrics):
         if phase == "finetune":
@@ -196,12 +196,14 @@ def test_an_interrupted_training_resumes_where_it_stopped(mini_splits, tmp_path)
 
 def test_an_interrupted_second_fine_tuning_run_resumes_without_redoing_the_first(mini_splits, tmp_path):
     data, size = mini_splits
-    settings = dict(
-        backbone="mobilenet_v2", image_size=size, weights_dir=WEIGHTS, unfreeze_layers=20, dropout=0.1,
-        head_learning_rate=3e-3, finetune_learning_rate=3e-4, head_epochs=2, finetune_epochs=2,
-        patience=5, batch_size=32, neighbour_smoothing=0.1, augment=False, seed=1,
-        checkpoint_dir=tmp_path / "ckpt", weight_soup=True, finetune_runs=2,
-    )  # fmt: skip
+    settings = _tiny_settings(
+        size,
+        head_epochs=2,
+        finetune_epochs=2,
+        checkpoint_dir=tmp_path / "ckpt",
+        weight_soup=True,
+        finetune_runs=2,
+    )
 
     def crash_in_the_second_run(phase, epoch, metrics):
         if epoch == 5:  # epochs 3-4 are the first run, 5-6 the second

@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pandas as pd  # noqa: E402
 
 from agerange import tracking  # noqa: E402
-from agerange.config import setup_logging  # noqa: E402
+from agerange.config import load_params, setup_logging  # noqa: E402
 from agerange.evaluate import evaluate, plot_report, worst_mistakes  # noqa: E402
 from agerange.files import write_csv, write_json  # noqa: E402
 from agerange.inference import predict_probabilities  # noqa: E402
@@ -33,6 +33,8 @@ def main() -> None:
     setup_logging()
     import keras
 
+    # the served model's decision rule (package params), so these figures are the predict path's
+    neighbour_weight = float(load_params("package").get("neighbour_weight", 0.0))
     info = pd.read_json(args.model / "model_info.json", typ="series").to_dict()
     model = keras.models.load_model(args.model / "model.keras", compile=False)
     splits = pd.read_parquet(args.splits)
@@ -41,12 +43,13 @@ def main() -> None:
         rows = splits[splits["split"] == side].reset_index(drop=True)
         data = load_split(rows, args.images, info["image_size"])
         probabilities = predict_probabilities(model, data.chips, flip=info["test_time_flip"])
-        metrics, tables = evaluate(rows, probabilities)
+        metrics, tables = evaluate(rows, probabilities, neighbour_weight)
         results[side] = metrics
         if side == "test":
             for name, table in tables.items():
                 write_csv(table, args.reports / f"{name}.csv")
-            figures = plot_report(tables, worst_mistakes(rows, probabilities), args.images, args.reports)
+            mistakes = worst_mistakes(rows, probabilities, neighbour_weight=neighbour_weight)
+            figures = plot_report(tables, mistakes, args.images, args.reports)
     write_json(results, args.metrics)
 
     reference = tracking.read_run_reference(args.model / "run.json")

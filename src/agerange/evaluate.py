@@ -11,16 +11,18 @@ from agerange.labels import ETHNICITIES, GENDERS, GROUP_NAMES
 
 
 def classification_metrics(
-    groups: np.ndarray, probabilities: np.ndarray, ages: np.ndarray
+    groups: np.ndarray, probabilities: np.ndarray, ages: np.ndarray, neighbour_weight: float = 0.0
 ) -> dict[str, float]:
     """Headline metrics of predicted group probabilities against true groups and ages.
+
+    `neighbour_weight` is the decision rule's (`inference.decide_groups`).
 
     Returns:
         accuracy (exact group), within_one (at most one group away), mae_years (expected age
         against true age), macro_f1, ece (expected calibration error, 10 bins), n.
     """
     groups = np.asarray(groups)
-    predicted, expected_age = decode_probabilities(probabilities)
+    predicted, expected_age = decode_probabilities(probabilities, neighbour_weight)
     distance = np.abs(predicted - groups)
     return {
         "accuracy": float((distance == 0).mean()),
@@ -113,19 +115,26 @@ def accuracy_by(table: pd.DataFrame, predicted: np.ndarray, column: str) -> pd.D
     return pd.DataFrame(rows, columns=[column, "images", "accuracy", "within_one"])
 
 
-def evaluate(table: pd.DataFrame, probabilities: np.ndarray) -> tuple[dict, dict[str, pd.DataFrame]]:
+def evaluate(
+    table: pd.DataFrame, probabilities: np.ndarray, neighbour_weight: float = 0.0
+) -> tuple[dict, dict[str, pd.DataFrame]]:
     """Every metric and table of the evaluation report for one split.
 
     Args:
         table: the split's rows (age, age_group, ethnicity, gender).
         probabilities: predicted group probabilities, one row per table row.
+        neighbour_weight: the decision rule's (`inference.decide_groups`); the metrics of the
+            plain most-likely group are added as argmax_accuracy and argmax_within_one.
 
     Returns:
         Flat metrics (for DVC and MLflow) and named tables (for plots and artifacts).
     """
     groups = table["age_group"].to_numpy()
-    predicted, expected_age = decode_probabilities(probabilities)
-    metrics = classification_metrics(groups, probabilities, table["age"].to_numpy())
+    predicted, expected_age = decode_probabilities(probabilities, neighbour_weight)
+    metrics = classification_metrics(groups, probabilities, table["age"].to_numpy(), neighbour_weight)
+    argmax_distance = np.abs(np.asarray(probabilities).argmax(axis=1) - groups)
+    metrics["argmax_accuracy"] = float((argmax_distance == 0).mean())
+    metrics["argmax_within_one"] = float((argmax_distance <= 1).mean())
     tables = {
         "confusion": pd.DataFrame(
             {"actual": [GROUP_NAMES[g] for g in groups], "predicted": [GROUP_NAMES[p] for p in predicted]}
@@ -142,9 +151,11 @@ def evaluate(table: pd.DataFrame, probabilities: np.ndarray) -> tuple[dict, dict
     return metrics, tables
 
 
-def worst_mistakes(table: pd.DataFrame, probabilities: np.ndarray, count: int = 16) -> pd.DataFrame:
+def worst_mistakes(
+    table: pd.DataFrame, probabilities: np.ndarray, count: int = 16, neighbour_weight: float = 0.0
+) -> pd.DataFrame:
     """The most confidently wrong predictions, furthest from the truth first."""
-    predicted, expected_age = decode_probabilities(probabilities)
+    predicted, expected_age = decode_probabilities(probabilities, neighbour_weight)
     frame = table.assign(
         predicted=predicted,
         expected_age=expected_age,

@@ -10,10 +10,27 @@ from agerange.labels import GROUP_NAMES, group_midpoints
 MIDPOINTS = np.asarray(group_midpoints(), dtype=np.float32)
 
 
-def decode_probabilities(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Age-group index (most likely group) and expected age in years, per row of probabilities."""
+def decide_groups(probabilities: np.ndarray, neighbour_weight: float = 0.0) -> np.ndarray:
+    """The age group to answer, per row: the argmax of p(g) + neighbour_weight * (p(g-1) + p(g+1)).
+
+    0 answers the most likely group (best for exact accuracy). 0.5 answers the group with the
+    highest expected (exact + within-one) / 2: p(g) + (p(g-1) + p(g) + p(g+1)), halved, is
+    p(g) + 0.5 * (p(g-1) + p(g+1)). 1 maximises within-one alone.
+    """
     probabilities = np.asarray(probabilities, dtype=np.float32)
-    return probabilities.argmax(axis=1), probabilities @ MIDPOINTS
+    if not neighbour_weight:
+        return probabilities.argmax(axis=1)
+    padded = np.pad(probabilities, ((0, 0), (1, 1)))
+    scores = probabilities + neighbour_weight * (padded[:, :-2] + padded[:, 2:])
+    return scores.argmax(axis=1)
+
+
+def decode_probabilities(
+    probabilities: np.ndarray, neighbour_weight: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Age-group index (`decide_groups`) and expected age in years, per row of probabilities."""
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    return decide_groups(probabilities, neighbour_weight), probabilities @ MIDPOINTS
 
 
 def group_name(index: int) -> str:

@@ -120,12 +120,14 @@ class AgePredictor:
         detector: FaceDetector,
         min_face_pixels: int = 32,
         flip: bool = True,
+        neighbour_weight: float = 0.0,
     ) -> None:
         self.classifier = classifier
         self.info = info
         self.detector = detector
         self.min_face_pixels = min_face_pixels
         self.flip = flip
+        self.neighbour_weight = neighbour_weight  # the decision rule (inference.decide_groups)
         self.image_size = int(info["image_size"])
         # the TFLite interpreters keep state between calls: servers may call from several threads
         self._lock = threading.Lock()
@@ -168,7 +170,7 @@ class AgePredictor:
         if not faces:
             result.skipped.append("no face found" if not skipped else "no face large enough to classify")
             return result, embeddings
-        groups, ages = decode_probabilities(probabilities)
+        groups, ages = decode_probabilities(probabilities, self.neighbour_weight)
         for index, (face, group, age, probs) in enumerate(
             zip(faces, groups, ages, probabilities, strict=True)
         ):

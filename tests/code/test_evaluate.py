@@ -15,7 +15,7 @@ from agerange.evaluate import (
     off_by_n,
     worst_mistakes,
 )
-from agerange.inference import decode_probabilities, group_name, predict_probabilities
+from agerange.inference import decide_groups, decode_probabilities, group_name, predict_probabilities
 
 
 def _onehot(groups, confidence=1.0):
@@ -88,6 +88,34 @@ def test_expected_age_and_group_names():
     group, age = decode_probabilities(probabilities)
     assert group[0] == 6 and age[0] == pytest.approx(34.5)
     assert group_name(0) == "Baby (0-1)" and group_name(9) == "Senior (59+)"
+
+
+def test_neighbour_weight_answers_the_group_between_likely_neighbours():
+    # most likely: Baby (0.4); but Toddler has 0.35 itself and 0.65 beside it
+    probabilities = np.array([[0.4, 0.35, 0.25, 0, 0, 0, 0, 0, 0, 0]], dtype=np.float32)
+    assert decide_groups(probabilities).tolist() == [0]
+    assert decide_groups(probabilities, 0.5).tolist() == [1]
+    # a confident answer stays put, and the edge groups have one neighbour only
+    assert decide_groups(_onehot([9], 0.7), 0.5).tolist() == [9]
+    assert decide_groups(_onehot([0], 0.7), 0.5).tolist() == [0]
+
+
+def test_neighbour_weight_half_maximises_the_mean_of_exact_and_within_one():
+    # drawing the truth from calibrated probabilities, no other answer scores better on average
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.full(10, 0.3), size=4000).astype(np.float32)
+    truth = np.array([rng.choice(10, p=row / row.sum()) for row in probabilities])
+    ages = np.full(len(truth), 30)
+
+    def score(weight):
+        metrics = classification_metrics(truth, probabilities, ages, neighbour_weight=weight)
+        return (metrics["accuracy"] + metrics["within_one"]) / 2
+
+    assert score(0.5) > score(0.0) and score(0.5) > score(1.0)
+    table = pd.DataFrame({"age": ages, "age_group": truth, "ethnicity": 0, "gender": 0})
+    metrics, _ = evaluate(table, probabilities, neighbour_weight=0.5)
+    assert metrics["argmax_accuracy"] == classification_metrics(truth, probabilities, ages)["accuracy"]
+    assert metrics["within_one"] > metrics["argmax_within_one"]
 
 
 def test_flip_averaging_calls_the_model_on_the_mirror():

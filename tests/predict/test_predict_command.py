@@ -154,3 +154,16 @@ def test_the_packaged_model_predicts_without_tensorflow_or_the_detector_package(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "1"
+
+
+def test_the_answer_follows_the_decision_rule_in_the_settings(packaged_model):
+    from agerange.inference import decide_groups
+    from agerange.predict import AgePredictor
+
+    image = Image.open(FAIRFACE / "fairface_0002.jpg").convert("RGB")
+    for weight in (0.0, 0.5, 1.0):
+        predictor = AgePredictor.from_directory(packaged_model, neighbour_weight=weight)
+        _, _, chips = predictor.face_chips(image)
+        probabilities, _ = predictor.classifier(chips, flip=predictor.flip)
+        result, _ = predictor.predict_image(image, "face")
+        assert [face.group_index for face in result.faces] == decide_groups(probabilities, weight).tolist()

@@ -23,7 +23,7 @@ from agerange.evaluate import plot_curves  # noqa: E402
 from agerange.files import atomic_path, write_csv, write_json  # noqa: E402
 from agerange.labels import AGE_GROUPS, GROUP_NAMES, group_midpoints  # noqa: E402
 from agerange.rebalance import rebalance  # noqa: E402
-from agerange.train import configure_device, load_split, probe_rows, train  # noqa: E402
+from agerange.train import configure_device, load_split, probe_rows, train_members  # noqa: E402
 
 log = logging.getLogger("train")
 
@@ -41,6 +41,7 @@ def model_info(params: dict, boundary: str | None) -> dict:
         "group_midpoints": list(group_midpoints()),
         "test_time_flip": True,
         "freeze_boundary": boundary,
+        "ensemble_members": params.get("ensemble_members", 1),
     }
 
 
@@ -114,8 +115,8 @@ def main() -> None:
             tracking.log_dataset(train_rows, "train", str(args.train), "training")
             tracking.log_dataset(val_rows, "val", str(args.splits), "validation")
         try:
-            result = train(
-                data["train"], data["val"], data["probe"],
+            result = train_members(
+                params["ensemble_members"], train=data["train"], val=data["val"], probe=data["probe"],
                 backbone=params["backbone"], image_size=size, weights_dir=Path(params["weights_dir"]),
                 weights_sha256=params.get("weights_sha256"), unfreeze_layers=params["unfreeze_layers"],
                 dropout=params["dropout"], head_learning_rate=params["head_learning_rate"],

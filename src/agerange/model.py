@@ -119,3 +119,54 @@ def _inbound_layer_names(model) -> dict[str, set[str]]:
     return {
         layer["name"]: histories(layer.get("inbound_nodes", [])) for layer in model.get_config()["layers"]
     }
+
+
+def ensemble_classifier(members: list, shared_until: str | None = None):
+    """One Keras model answering the mean of its members' probabilities (a deep ensemble).
+
+    The first member's layers are copied flat into the ensemble (names kept), so it saves,
+    exports to TFLite and shows its feature maps like a single classifier, and its `features`
+    layer is the ensemble's embedding; the other members are nested models `member_1`, ...
+
+    Args:
+        members: classifiers of the same architecture.
+        shared_until: a layer up to which every member has the same (frozen, pretrained) weights,
+            such as the training's freeze boundary: that part runs once, for all members.
+    """
+    import keras
+
+    if len(members) == 1:
+        return members[0]
+    inputs = keras.Input(members[0].input.shape[1:], name="pixels")
+    first = _copy(members[0], inputs)
+    outputs = [first.output]
+    for index, member in enumerate(members[1:], start=1):
+        if shared_until is None:
+            outputs.append(keras.Model(member.input, member.output, name=f"member_{index}")(inputs))
+            continue
+        for name in _layers_up_to(member, shared_until):
+            theirs = members[0].get_layer(name).weights
+            if not all(
+                np.array_equal(a, b) for a, b in zip(member.get_layer(name).weights, theirs, strict=True)
+            ):
+                raise ValueError(f"ensemble member {index}: layer '{name}' differs, so it cannot be shared")
+        boundary = member.get_layer(shared_until).output
+        top = keras.Model(boundary, member.output, name=f"member_{index}")
+        outputs.append(top(first.get_layer(shared_until).output))
+    mean = keras.layers.Average(name="ensemble_mean")(outputs)
+    return keras.Model(inputs, mean, name=f"{members[0].name}_ensemble")
+
+
+def _copy(model, inputs):
+    """A copy of `model` (same layer names and weights) built on the tensor `inputs`."""
+    import keras
+
+    copy = keras.models.clone_model(model, input_tensors=inputs)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _layers_up_to(model, layer_name: str) -> list[str]:
+    """Names of the layers from the input up to and including `layer_name`, in model order."""
+    names = [layer.name for layer in model.layers]
+    return names[: names.index(layer_name) + 1]

@@ -60,6 +60,8 @@ class TrainResult:
     @property
     def best_val_accuracy(self) -> float:
         """Validation accuracy of the returned model: the soup's, or the best epoch's without one."""
+        if self.soup and self.soup.get("members"):  # an ensemble (train_members)
+            return self.soup["val_accuracy"]
         best_epoch = float(self.history["val_accuracy"].max())
         return max(best_epoch, self.soup["val_accuracy"]) if self.soup else best_epoch
 
@@ -547,3 +549,68 @@ def _result(model, records, boundary, started, images_seen, soup=None) -> TrainR
 def probe_rows(table: pd.DataFrame, size: int = 100, seed: int = 0) -> pd.DataFrame:
     """A fixed sample of rows, the same for every run with the same data and seed."""
     return table.sort_values("path").sample(n=min(size, len(table)), random_state=seed)
+
+
+def train_members(
+    members: int, checkpoint_dir: Path, seed: int, on_epoch: EpochHook | None = None, **settings
+):
+    """`train` repeated `members` times with seeds seed, seed + 1000, ... (head initialisation,
+    data order), then combined into one model that averages their probabilities
+    (`model.ensemble_classifier`): a deep ensemble, whose members err on different faces.
+
+    The frozen part's cached features are computed once and shared. A member that finished
+    before an interruption is loaded from `checkpoint_dir`, not trained again. The history
+    numbers epochs on from one member to the next (its `member` column says whose), and the
+    result's soup entry holds the ensemble's validation accuracy.
+    """
+    import keras
+
+    from agerange.model import ensemble_classifier
+
+    if members == 1:
+        return train(checkpoint_dir=checkpoint_dir, seed=seed, on_epoch=on_epoch, **settings)
+    settings.setdefault("feature_cache", {})
+    models, histories, results = [], [], []
+    for member in range(members):
+        done = checkpoint_dir / f"member_{member}_done"
+        offset = int(histories[-1]["epoch"].max()) if histories else 0
+        if not done.is_dir():
+
+            def shifted(phase, epoch, metrics, offset=offset):
+                if on_epoch is not None:
+                    on_epoch(phase, epoch + offset, metrics)
+
+            result = train(
+                checkpoint_dir=checkpoint_dir / f"member_{member}", seed=seed + 1000 * member,
+                on_epoch=shifted, **settings,
+            )  # fmt: skip
+            with atomic_path(done) as folder:
+                folder.mkdir()
+                result.model.save(folder / "model.keras")
+                result.history.to_csv(folder / "history.csv", index=False)
+                summary = {key: getattr(result, key) for key in ("boundary", "seconds", "images_per_second")}
+                (folder / "result.json").write_text(json.dumps({**summary, "soup": result.soup}))
+        models.append(keras.models.load_model(done / "model.keras", compile=False))
+        history = pd.read_csv(done / "history.csv").assign(member=member)
+        history["epoch"] += offset
+        histories.append(history)
+        results.append(json.loads((done / "result.json").read_text()))
+        log.info("ensemble member %d of %d ready", member + 1, members)
+
+    # the frozen part below the cut is the same pretrained network in every member: run it once
+    model = ensemble_classifier(models, shared_until=results[0]["boundary"])
+    val = settings["val"]
+    predicted = model.predict(val.chips.astype(np.float32), batch_size=settings["batch_size"], verbose=0)
+    accuracy = float((predicted.argmax(axis=1) == val.groups).mean())
+    log.info("ensemble of %d members: validation accuracy %.4f", members, accuracy)
+    seconds = sum(r["seconds"] for r in results)
+    soup_epochs = [epoch for r in results if r["soup"] for epoch in r["soup"]["epochs"]]
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+    return TrainResult(
+        model=model,
+        history=pd.concat(histories, ignore_index=True),
+        boundary=results[0]["boundary"],
+        seconds=seconds,
+        images_per_second=sum(r["images_per_second"] * r["seconds"] for r in results) / seconds,
+        soup={"epochs": soup_epochs, "val_accuracy": accuracy, "members": members},
+    )

@@ -121,12 +121,13 @@ def test_wrong_checksum_fails_and_keeps_the_previous_outputs(repo: Path):
 TINY_TRAIN = {
     "image_size": 48, "unfreeze_layers": 20, "head_epochs": 2, "finetune_epochs": 2,
     "batch_size": 32, "head_learning_rate": 0.003, "finetune_learning_rate": 0.0003,
+    "ensemble_members": 1,
 }  # fmt: skip
 
 
 def test_train_and_evaluate_are_tracked_in_mlflow(repo: Path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"].update(TINY_TRAIN)
+    params["train"].update(TINY_TRAIN, ensemble_members=2)  # the default's two-model ensemble
     params["train"]["weights_dir"] = str(PROJECT_ROOT.parent / "shared" / "weights")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = _dvc("repro", "evaluate", cwd=repo)
@@ -156,7 +157,7 @@ def test_train_and_evaluate_are_tracked_in_mlflow(repo: Path):
         run.data.metrics
     )
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
-    assert [m.step for m in history] == [1, 2, 3, 4]  # both phases, one point per epoch
+    assert [m.step for m in history] == list(range(1, 9))  # both phases of both members, one point per epoch
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts and "evaluation/worst_mistakes.png" in artifacts
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "val"}
@@ -164,6 +165,6 @@ def test_train_and_evaluate_are_tracked_in_mlflow(repo: Path):
     # The logged model loads without the training code's help and predicts probabilities.
     model = tracking.load_keras_model(reference["model_uri"])
     info = tracking.load_model_info(reference["model_uri"])
-    assert info["image_size"] == 48 and len(info["class_names"]) == 10
+    assert info["image_size"] == 48 and len(info["class_names"]) == 10 and info["ensemble_members"] == 2
     probabilities = np.asarray(model(np.zeros((2, 48, 48, 3), dtype="float32")))
     assert probabilities.shape == (2, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)

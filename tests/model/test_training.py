@@ -218,3 +218,78 @@ def test_an_interrupted_second_fine_tuning_run_resumes_without_redoing_the_first
     assert resumed == [("finetune", 6)]  # the first run is not trained again
     assert list(result.history["epoch"]) == [1, 2, 3, 4, 6]
     assert set(result.soup["epochs"]) <= {3, 4, 6}
+
+
+def test_an_ensemble_averages_its_members_and_resumes_without_retraining_a_finished_one(
+    mini_splits, tmp_path
+):
+    import keras
+
+    from agerange.train import train_members
+
+    data, size = mini_splits
+    settings = _tiny_settings(size, head_epochs=2, finetune_epochs=1, checkpoint_dir=tmp_path / "ckpt")
+
+    def crash_in_the_second_member(phase, epoch, metrics):
+        if epoch == 4:  # epochs 1-3 are the first member, 4-6 the second
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_members(
+            2, train=data["train"], val=data["val"], probe=None, on_epoch=crash_in_the_second_member,
+            **settings,
+        )  # fmt: skip
+    assert (tmp_path / "ckpt" / "member_0_done" / "model.keras").is_file()
+    resumed = []
+    result = train_members(
+        2, train=data["train"], val=data["val"], probe=None, **settings,
+        on_epoch=lambda phase, epoch, metrics: resumed.append(epoch),
+    )  # fmt: skip
+    assert resumed and min(resumed) >= 4  # the first member is not trained again
+    history = result.history
+    assert list(history.loc[history["member"] == 0, "epoch"]) == [1, 2, 3]
+    assert set(history["member"]) == {0, 1} and (history.loc[history["member"] == 1, "epoch"] > 3).all()
+    assert not (tmp_path / "ckpt").exists()
+
+    # One model: the first member flat, the second on top of the frozen part they share.
+    model = result.model
+    chips = data["val"].chips[:8].astype(np.float32)
+    first = np.asarray(keras.Model(model.input, model.get_layer("age_group").output)(chips))
+    shared = keras.Model(model.input, model.get_layer(result.boundary).output)(chips)
+    second = np.asarray(model.get_layer("member_1")(shared))
+    assert np.abs(first - second).max() > 1e-3  # two different models
+    np.testing.assert_allclose(np.asarray(model(chips)), (first + second) / 2, atol=1e-6)
+    model.save(tmp_path / "ensemble.keras")
+    reloaded = keras.models.load_model(tmp_path / "ensemble.keras", compile=False)
+    np.testing.assert_allclose(np.asarray(reloaded(chips)), (first + second) / 2, atol=1e-6)
+    # and it exports to the TFLite file predict and serving run, embedding included
+    from agerange.predict import Classifier
+    from agerange.serving import export_classifier
+
+    probabilities, embeddings = Classifier(export_classifier(reloaded, tmp_path / "ensemble.tflite"))(
+        chips, flip=False
+    )
+    np.testing.assert_allclose(probabilities, (first + second) / 2, atol=1e-4)
+    assert embeddings.shape == (8, 1280)
+    val_accuracy = (
+        predict_probabilities(model, data["val"].chips, flip=False).argmax(1) == data["val"].groups
+    ).mean()
+    assert result.best_val_accuracy == pytest.approx(val_accuracy, abs=1e-6)
+
+
+def test_an_ensemble_refuses_to_share_layers_its_members_trained_differently():
+    import keras
+
+    from agerange.model import build_classifier, ensemble_classifier
+
+    members = []
+    for seed in (0, 1):
+        keras.utils.set_random_seed(seed)
+        members.append(build_classifier("small_cnn", 32, WEIGHTS, dropout=0.1))
+    trained = next(layer.name for layer in members[0].layers if layer.weights)
+    with pytest.raises(ValueError, match=f"layer '{trained}' differs"):
+        ensemble_classifier(members, shared_until=trained)
+    unshared = ensemble_classifier(members)
+    chips = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    mean = (np.asarray(members[0](chips)) + np.asarray(members[1](chips))) / 2
+    np.testing.assert_allclose(np.asarray(unshared(chips)), mean, atol=1e-6)

@@ -22,6 +22,7 @@ from agerange.config import fail, load_params, setup_logging  # noqa: E402
 from agerange.evaluate import plot_curves  # noqa: E402
 from agerange.files import atomic_path, write_csv, write_json  # noqa: E402
 from agerange.labels import AGE_GROUPS, GROUP_NAMES, group_midpoints  # noqa: E402
+from agerange.model import float32_copy  # noqa: E402
 from agerange.rebalance import rebalance  # noqa: E402
 from agerange.train import configure_device, load_split, probe_rows, train_members  # noqa: E402
 
@@ -133,9 +134,11 @@ def main() -> None:
             fail(str(error))
 
         info = model_info(params, result.boundary)
+        # saved in float32 whatever the training precision: TFLite has no float16 convolutions
+        model = float32_copy(result.model) if device["mixed_precision"] else result.model
         with atomic_path(args.model) as folder:
             folder.mkdir()
-            result.model.save(folder / "model.keras")
+            model.save(folder / "model.keras")
             write_json(info, folder / "model_info.json")
         write_csv(result.history, args.history)
         curves = plot_curves(result.history, args.history.with_suffix(".png"))
@@ -154,7 +157,7 @@ def main() -> None:
         write_json(summary, args.metrics)
         tracking.log_metrics(summary)
         tracking.log_artifacts([args.history, curves, args.model / "model_info.json"], folder="training")
-        model_uri = tracking.log_keras_model(result.model, info, data["probe"].chips[:2])
+        model_uri = tracking.log_keras_model(model, info, data["probe"].chips[:2])
         tracking.write_run_reference(args.model / "run.json", run_id, model_uri)
     shutil.rmtree(args.checkpoints, ignore_errors=True)
     print(

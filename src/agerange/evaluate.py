@@ -159,7 +159,7 @@ def worst_mistakes(
     frame = table.assign(
         predicted=predicted,
         expected_age=expected_age,
-        confidence=np.asarray(probabilities).max(axis=1),
+        confidence=np.asarray(probabilities)[np.arange(len(predicted)), predicted],  # the answer's
         distance=np.abs(predicted - table["age_group"].to_numpy()),
     )
     wrong = frame[frame["distance"] > 0]

@@ -153,8 +153,24 @@ def ensemble_classifier(members: list, shared_until: str | None = None):
         boundary = member.get_layer(shared_until).output
         top = keras.Model(boundary, member.output, name=f"member_{index}")
         outputs.append(top(first.get_layer(shared_until).output))
-    mean = keras.layers.Average(name="ensemble_mean")(outputs)
+    mean = keras.layers.Average(name="ensemble_mean", dtype="float32")(outputs)  # as each member's output
     return keras.Model(inputs, mean, name=f"{members[0].name}_ensemble")
+
+
+def float32_copy(model):
+    """`model` with the same weights and every layer computing in float32: a model trained under
+    mixed precision exports to TFLite (which has no float16 convolutions) and predicts exactly."""
+    import keras
+
+    def as_float32(layer):
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=as_float32, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _copy(model, inputs):

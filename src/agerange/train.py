@@ -331,6 +331,7 @@ def train(
     weight_soup: bool = False,
     age_sigma: float = 0.0,
     finetune_runs: int = 1,
+    keep_checkpoints: bool = False,
 ) -> TrainResult:
     """Two-phase training: the head on a frozen backbone, then the top `unfreeze_layers` layers.
 
@@ -366,6 +367,7 @@ def train(
             scale (`labels.age_distribution`) instead of `neighbour_smoothing`.
         finetune_runs: phase-2 runs, each from the end of phase 1 with its own data order; their
             epochs all go into the weight soup (which they need: without it only one run is kept).
+        keep_checkpoints: leave `checkpoint_dir` in place when done (the caller removes it).
     """
     import keras
 
@@ -466,7 +468,8 @@ def train(
             log.info(
                 "weight soup of epochs %s: validation accuracy %.4f", soup["epochs"], soup["val_accuracy"]
             )
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+    if not keep_checkpoints:  # finished: nothing left to resume
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return _result(model, records, boundary, started, images_seen, soup)
 
 
@@ -582,14 +585,17 @@ def train_members(
 
             result = train(
                 checkpoint_dir=checkpoint_dir / f"member_{member}", seed=seed + 1000 * member,
-                on_epoch=shifted, **settings,
+                on_epoch=shifted, keep_checkpoints=True, **settings,
             )  # fmt: skip
             with atomic_path(done) as folder:
                 folder.mkdir()
                 result.model.save(folder / "model.keras")
                 result.history.to_csv(folder / "history.csv", index=False)
                 summary = {key: getattr(result, key) for key in ("boundary", "seconds", "images_per_second")}
-                (folder / "result.json").write_text(json.dumps({**summary, "soup": result.soup}))
+                soup = result.soup and {**result.soup, "epochs": [e + offset for e in result.soup["epochs"]]}
+                (folder / "result.json").write_text(json.dumps({**summary, "soup": soup}))
+            # only now: a run killed before `done` was written resumes from these
+            shutil.rmtree(checkpoint_dir / f"member_{member}", ignore_errors=True)
         models.append(keras.models.load_model(done / "model.keras", compile=False))
         history = pd.read_csv(done / "history.csv").assign(member=member)
         history["epoch"] += offset

@@ -293,3 +293,37 @@ def test_an_ensemble_refuses_to_share_layers_its_members_trained_differently():
     chips = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
     mean = (np.asarray(members[0](chips)) + np.asarray(members[1](chips))) / 2
     np.testing.assert_allclose(np.asarray(unshared(chips)), mean, atol=1e-6)
+
+
+def test_a_model_trained_in_mixed_precision_is_saved_as_float32_and_exports_to_tflite(tmp_path):
+    import keras
+
+    from agerange.model import build_classifier, ensemble_classifier, float32_copy
+    from agerange.predict import Classifier
+    from agerange.serving import export_classifier
+
+    keras.mixed_precision.set_global_policy("mixed_float16")  # as configure_device does on a GPU
+    try:
+        members = []
+        for seed in (0, 1):
+            keras.utils.set_random_seed(seed)
+            members.append(build_classifier("mobilenet_v2", 48, WEIGHTS, dropout=0.1))
+        mixed = ensemble_classifier(members)
+        copy = float32_copy(mixed)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+    def layers(model):  # the computing layers, nested models' included
+        for layer in model.layers:
+            if hasattr(layer, "layers"):
+                yield from layers(layer)
+            elif not isinstance(layer, keras.layers.InputLayer):
+                yield layer
+
+    assert any(layer.compute_dtype == "float16" for layer in layers(mixed))
+    assert all(layer.compute_dtype == "float32" for layer in layers(copy))
+    chips = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 3)).astype(np.float32)
+    expected = np.asarray(copy(chips))
+    np.testing.assert_allclose(expected, np.asarray(mixed(chips), dtype=np.float32), atol=0.02)
+    probabilities, _ = Classifier(export_classifier(copy, tmp_path / "model.tflite"))(chips, flip=False)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-4)

@@ -160,10 +160,14 @@ def test_the_answer_follows_the_decision_rule_in_the_settings(packaged_model):
     from agerange.inference import decide_groups
     from agerange.predict import AgePredictor
 
+    assert AgePredictor.from_directory(packaged_model).neighbour_weight == 0.5  # from the package
     image = Image.open(FAIRFACE / "fairface_0002.jpg").convert("RGB")
+    answers = {}
     for weight in (0.0, 0.5, 1.0):
         predictor = AgePredictor.from_directory(packaged_model, neighbour_weight=weight)
         _, _, chips = predictor.face_chips(image)
         probabilities, _ = predictor.classifier(chips, flip=predictor.flip)
         result, _ = predictor.predict_image(image, "face")
-        assert [face.group_index for face in result.faces] == decide_groups(probabilities, weight).tolist()
+        answers[weight] = [face.group_index for face in result.faces]
+        assert answers[weight] == decide_groups(probabilities, weight).tolist()
+    assert answers[0.0] != answers[1.0]  # this face's answer depends on the rule

@@ -332,6 +332,7 @@ def train(
     age_sigma: float = 0.0,
     finetune_runs: int = 1,
     keep_checkpoints: bool = False,
+    pooled_head: bool = False,
 ) -> TrainResult:
     """Two-phase training: the head on a frozen backbone, then the top `unfreeze_layers` layers.
 
@@ -368,6 +369,9 @@ def train(
         finetune_runs: phase-2 runs, each from the end of phase 1 with its own data order; their
             epochs all go into the weight soup (which they need: without it only one run is kept).
         keep_checkpoints: leave `checkpoint_dir` in place when done (the caller removes it).
+        pooled_head: with a `feature_cache`, phase 1 trains the head on the pretrained network's
+            pooled features, computed once per image and kept in the cache: phase 1 trains only
+            the head, so they are the same for every trial of a sweep (the same model, faster).
     """
     import keras
 
@@ -423,17 +427,33 @@ def train(
         )
 
     train_data = _dataset(variants, train.groups, train.weights, batch_size, True, seed, targets)
+    head_trainer, head_train_data, head_val_data, head_probe = trainer, train_data, val_data, probe_inputs
+    if pooled_head and boundary is not None and feature_cache is not None:
+        pooled = _pooled_features(
+            feature_cache, model, boundary, backbone, image_size, features, train, val, probe
+        )
+        inputs = keras.Input(pooled["val"].shape[1:], name="pooled")
+        # the model's own head layers: training them here trains the model
+        head_trainer = keras.Model(
+            inputs, model.get_layer("age_group")(model.get_layer("head_dropout")(inputs))
+        )
+        head_train_data = _dataset(
+            pooled["train"], train.groups, train.weights, batch_size, True, seed, targets
+        )
+        head_val_data = _dataset(pooled["val"], val.groups, val.weights, batch_size, False, seed)
+        head_probe = probe and (pooled["probe"], probe.groups)
     phase1_weights = checkpoint_dir / "phase1_done.weights.h5"
     if phase1_weights.is_file():
         model.load_weights(phase1_weights)  # resume: phase 1 finished in an earlier, interrupted run
         records.extend(json.loads((checkpoint_dir / "phase1_history.json").read_text()))
         log.info("resumed after phase 1 from %s", phase1_weights)
     else:
-        _compile(trainer, head_learning_rate, jit)
-        callback = _EpochCallback.make("head", 0, records, probe_inputs, on_epoch)
+        _compile(head_trainer, head_learning_rate, jit)
+        callback = _EpochCallback.make("head", 0, records, head_probe, on_epoch)
         epochs = _fit(
-            trainer, train_data, val_data, head_epochs, patience, checkpoint_dir / "phase1", [callback]
-        )
+            head_trainer, head_train_data, head_val_data, head_epochs, patience, checkpoint_dir / "phase1",
+            [callback],
+        )  # fmt: skip
         images_seen += epochs * len(train.groups)
         model.save_weights(phase1_weights)
         (checkpoint_dir / "phase1_history.json").write_text(json.dumps(records))
@@ -492,6 +512,39 @@ def _cached_features(
     if probe is not None:
         features["probe"] = _gather(store, bottom, probe, batch_size, "plain")
     return features
+
+
+def _pooled_features(cache, model, boundary, backbone, image_size, features, train, val, probe) -> dict:
+    """The pretrained network's pooled features (the head's input) for `features` (cut at
+    `boundary`), each image and kind computed once and kept in `cache` for later trials.
+
+    Valid only while every layer between `boundary` and the pooling holds its pretrained
+    weights: call it before training.
+    """
+    import keras
+
+    store = cache.setdefault((backbone, image_size, "pooled"), {})
+    pool = keras.Model(model.get_layer(boundary).output, model.get_layer("features").output)
+
+    def pooled(split: SplitData, values: np.ndarray, kind: str) -> np.ndarray:
+        paths = split.table["path"].tolist()
+        missing = [index for index, path in enumerate(paths) if (path, kind) not in store]
+        if missing:
+            vectors = pool.predict(values[missing].astype(np.float32), batch_size=256, verbose=0)
+            for index, vector in zip(missing, vectors, strict=True):
+                store[(paths[index], kind)] = vector
+        return np.stack([store[(path, kind)] for path in paths])
+
+    kinds = ["plain", "mirror", "realigned", "realigned_mirror"]
+    result = {
+        "train": [
+            pooled(train, values, kind) for values, kind in zip(features["train"], kinds, strict=False)
+        ],
+        "val": pooled(val, features["val"], "plain"),
+    }
+    if probe is not None:
+        result["probe"] = pooled(probe, features["probe"], "plain")
+    return result
 
 
 def _recut(store: dict, paths: list[str], chips: np.ndarray) -> np.ndarray:

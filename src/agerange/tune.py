@@ -199,7 +199,7 @@ def make_objective(
                 checkpoint_dir=checkpoint_dir, on_epoch=on_epoch,
                 feature_cache=feature_cache, cache_unfreeze_layers=deepest.get(settings["backbone"]),
                 realign=settings.get("realign", False), weight_soup=settings.get("weight_soup", False),
-                age_sigma=settings.get("age_sigma", 0.0),
+                age_sigma=settings.get("age_sigma", 0.0), pooled_head=True,
             )  # fmt: skip
         return result.best_val_accuracy
 

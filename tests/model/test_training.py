@@ -327,3 +327,41 @@ def test_a_model_trained_in_mixed_precision_is_saved_as_float32_and_exports_to_t
     np.testing.assert_allclose(expected, np.asarray(mixed(chips), dtype=np.float32), atol=0.02)
     probabilities, _ = Classifier(export_classifier(copy, tmp_path / "model.tflite"))(chips, flip=False)
     np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+
+
+def test_phase_one_on_cached_pooled_features_sees_what_the_whole_network_computes(mini_splits, tmp_path):
+    import keras
+
+    from agerange.model import (
+        boundary_layer,
+        build_classifier,
+        first_trainable_index,
+        split_at_boundary,
+        unfreeze,
+    )
+    from agerange.train import _cached_features, _pooled_features
+
+    data, size = mini_splits
+    val = data["val"]
+    model = build_classifier("mobilenet_v2", size, WEIGHTS, dropout=0.1)
+    unfreeze(model, "mobilenet_v2", 20)
+    boundary = boundary_layer(model, first_trainable_index(model))
+    unfreeze(model, "mobilenet_v2", 0)
+    bottom, _ = split_at_boundary(model, boundary)
+    cache: dict = {}
+    features = _cached_features(cache, bottom, boundary, "mobilenet_v2", size, data["train"], val, None, 32)
+    pooled = _pooled_features(
+        cache, model, boundary, "mobilenet_v2", size, features, data["train"], val, None
+    )
+    whole = keras.Model(model.input, model.get_layer("features").output)
+    expected = np.asarray(whole(val.chips.astype(np.float32)))
+    np.testing.assert_allclose(pooled["val"], expected, atol=0.01 * np.abs(expected).max())  # float16 cut
+    mirrored = np.asarray(whole(data["train"].chips[:, :, ::-1].astype(np.float32)))
+    np.testing.assert_allclose(pooled["train"][1], mirrored, atol=0.01 * np.abs(mirrored).max())
+
+    # A training with pooled_head learns.
+    settings = _tiny_settings(size, head_epochs=3, finetune_epochs=2)
+    result = train(data["train"], val, None, **settings, checkpoint_dir=tmp_path / "a", feature_cache=cache,
+                   pooled_head=True)  # fmt: skip
+    chips, groups = data["train"].chips, data["train"].groups
+    assert (predict_probabilities(result.model, chips).argmax(1) == groups).mean() > 0.2  # chance is 0.1

@@ -493,6 +493,10 @@ def train(
     return _result(model, records, boundary, started, images_seen, soup)
 
 
+# the versions of a training image, in the order `_cached_features` lists them (the last two with realign)
+TRAIN_KINDS = ["plain", "mirror", "realigned", "realigned_mirror"]
+
+
 def _cached_features(
     cache, bottom, boundary, backbone, image_size, train, val, probe, batch_size, realign=False
 ) -> dict:
@@ -504,7 +508,7 @@ def _cached_features(
     """
     cache = {} if cache is None else cache
     store = cache.setdefault((backbone, image_size, boundary), {"row": {}})
-    kinds = ["plain", "mirror", "realigned", "realigned_mirror"] if realign else ["plain", "mirror"]
+    kinds = TRAIN_KINDS if realign else TRAIN_KINDS[:2]
     features = {
         "train": [_gather(store, bottom, train, batch_size, kind) for kind in kinds],
         "val": _gather(store, bottom, val, batch_size, "plain"),
@@ -535,10 +539,9 @@ def _pooled_features(cache, model, boundary, backbone, image_size, features, tra
                 store[(paths[index], kind)] = vector
         return np.stack([store[(path, kind)] for path in paths])
 
-    kinds = ["plain", "mirror", "realigned", "realigned_mirror"]
     result = {
         "train": [
-            pooled(train, values, kind) for values, kind in zip(features["train"], kinds, strict=False)
+            pooled(train, values, kind) for values, kind in zip(features["train"], TRAIN_KINDS, strict=False)
         ],
         "val": pooled(val, features["val"], "plain"),
     }

@@ -20,6 +20,23 @@ def _tiny_settings(size: int, **changes) -> dict:
     )  # fmt: skip
 
 
+def _cut_model(size: int, unfreeze_layers: int):
+    """MobileNetV2 with its top layers unfrozen, its freeze boundary, and its two parts cut there."""
+    from agerange.model import (
+        boundary_layer,
+        build_classifier,
+        first_trainable_index,
+        split_at_boundary,
+        unfreeze,
+    )
+
+    model = build_classifier("mobilenet_v2", size, WEIGHTS, 0.0)
+    unfreeze(model, "mobilenet_v2", unfreeze_layers)
+    cut = boundary_layer(model, first_trainable_index(model))
+    bottom, top = split_at_boundary(model, cut)
+    return model, cut, bottom, top
+
+
 @pytest.fixture(scope="module")
 def mini_splits(mini_ingested):
     images, metadata, _ = mini_ingested
@@ -92,19 +109,8 @@ def test_greedy_soup_keeps_epochs_that_help_and_drops_one_that_hurts():
 
 def test_cached_and_full_paths_compute_the_same_model(mini_splits, tmp_path):
     """The freeze-boundary cut is exact: the cached part followed by the rest equals the whole."""
-    from agerange.model import (
-        boundary_layer,
-        build_classifier,
-        first_trainable_index,
-        split_at_boundary,
-        unfreeze,
-    )
-
     data, size = mini_splits
-    model = build_classifier("mobilenet_v2", size, WEIGHTS, 0.0)
-    unfreeze(model, "mobilenet_v2", 35)
-    cut = boundary_layer(model, first_trainable_index(model))
-    bottom, top = split_at_boundary(model, cut)
+    model, _, bottom, top = _cut_model(size, unfreeze_layers=35)
     chips = data["val"].chips[:8].astype(np.float32)
     np.testing.assert_allclose(model(chips), top(bottom(chips)), atol=1e-5)
 
@@ -332,22 +338,13 @@ def test_a_model_trained_in_mixed_precision_is_saved_as_float32_and_exports_to_t
 def test_phase_one_on_cached_pooled_features_sees_what_the_whole_network_computes(mini_splits, tmp_path):
     import keras
 
-    from agerange.model import (
-        boundary_layer,
-        build_classifier,
-        first_trainable_index,
-        split_at_boundary,
-        unfreeze,
-    )
+    from agerange.model import unfreeze
     from agerange.train import _cached_features, _pooled_features
 
     data, size = mini_splits
     val = data["val"]
-    model = build_classifier("mobilenet_v2", size, WEIGHTS, dropout=0.1)
-    unfreeze(model, "mobilenet_v2", 20)
-    boundary = boundary_layer(model, first_trainable_index(model))
+    model, boundary, bottom, _ = _cut_model(size, unfreeze_layers=20)
     unfreeze(model, "mobilenet_v2", 0)
-    bottom, _ = split_at_boundary(model, boundary)
     cache: dict = {}
     features = _cached_features(cache, bottom, boundary, "mobilenet_v2", size, data["train"], val, None, 32)
     pooled = _pooled_features(

@@ -16,13 +16,12 @@ Three tables, all measured side by side in this process:
 """
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
+from agerange.config import setup_logging
 
 
 def percentiles(samples: list[float]) -> str:
@@ -42,6 +41,7 @@ def main() -> None:
     parser.add_argument("--batch-chips", type=int, default=512)
     parser.add_argument("--naive-chips", type=int, default=64)
     args = parser.parse_args()
+    setup_logging()  # before TensorFlow is imported: it quiets the notices a CPU run prints
 
     import keras
 
@@ -62,8 +62,8 @@ def main() -> None:
 
     mtcnn = MTCNN(device="CPU:0")
     candidates = {
-        "blazeface_short": FaceDetector("blazeface_short"),
-        "blazeface_full": FaceDetector("blazeface_full"),
+        "blazeface_short": FaceDetector("blazeface_short", 0.6),
+        "blazeface_full": FaceDetector("blazeface_full", 0.6),
         "mtcnn": lambda image: mtcnn.detect_faces(np.asarray(image)),
     }
     for name, detect in candidates.items():

@@ -13,24 +13,23 @@ in the same process, one after the other. Prints trials per hour and the ratio.
 
 import argparse
 import contextlib
-import os
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import optuna
+import pandas as pd
 
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
+from agerange.config import RebalanceConfig, TrainConfig, TuneSpace, resolve, setup_logging
 
-SPACE = {
-    "backbone": ["mobilenet_v2"],
-    "unfreeze_layers": {"mobilenet_v2": [10, 40]},
-    "head_learning_rate": [0.0005, 0.003],
-    "finetune_learning_rate": [0.00003, 0.0003],
-    "dropout": [0.1, 0.5],
-    "rebalance_strategy": ["undersample", "none"],
-}
+SPACE = TuneSpace(
+    backbone=["mobilenet_v2"],
+    unfreeze_layers={"mobilenet_v2": [10, 40]},
+    head_learning_rate=[0.0005, 0.003],
+    finetune_learning_rate=[0.00003, 0.0003],
+    dropout=[0.1, 0.5],
+    rebalance_strategy=["undersample", "none"],
+)
 
 
 def main() -> None:
@@ -46,10 +45,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160, help="chip side; 160 is train.image_size")
     parser.add_argument("--epochs", type=int, default=3, help="per phase")
     args = parser.parse_args()
+    setup_logging()  # before TensorFlow is imported: it quiets the notices a CPU run prints
 
     import keras
 
-    from agerange.train import load_split, train
+    from agerange.training import TrainData, TrainOptions, load_split, train
     from agerange.tune import make_objective, suggest, training_rows
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -58,13 +58,14 @@ def main() -> None:
         splits[splits["split"] == "train"].sample(n=args.n_train, random_state=0).reset_index(drop=True)
     )
     val_rows = splits[splits["split"] == "val"].sample(n=args.n_val, random_state=0).reset_index(drop=True)
-    base = {
-        "backbone": "mobilenet_v2", "image_size": args.size, "weights_dir": str(args.weights),
-        "unfreeze_layers": 20, "dropout": 0.3, "head_learning_rate": 1e-3, "finetune_learning_rate": 1e-4,
-        "head_epochs": args.epochs, "finetune_epochs": args.epochs, "patience": args.epochs,
-        "batch_size": 64, "neighbour_smoothing": 0.2, "seed": 1,
-    }  # fmt: skip
-    rebalance = {"max_per_group": 150, "seed": 0}
+    base = TrainConfig(
+        backbone="mobilenet_v2", weights_dir=str(args.weights), weights_sha256=None, image_size=args.size,
+        unfreeze_layers=20, dropout=0.3, head_learning_rate=1e-3, finetune_learning_rate=1e-4,
+        head_epochs=args.epochs, finetune_epochs=args.epochs, patience=args.epochs, batch_size=64,
+        neighbour_smoothing=0.2, age_sigma=0.0, augment=False, realign=False, weight_soup=False,
+        finetune_runs=1, ensemble_members=1, mixed_precision="off", seed=1,
+    )  # fmt: skip
+    rebalance = RebalanceConfig(strategy="undersample", max_per_group=150, seed=0)  # strategy: tuned
     checkpoints = Path(tempfile.mkdtemp())
 
     def naive_objective(trial: optuna.Trial) -> float:
@@ -72,16 +73,11 @@ def main() -> None:
         chosen = suggest(trial, SPACE)
         train_split = load_split(train_rows, args.images, args.size, workers=1)  # JPEGs every trial
         val = load_split(val_rows, args.images, args.size, workers=1)
-        rows = training_rows(train_split, chosen["rebalance_strategy"], rebalance["max_per_group"], 0)
-        settings = {**base, **{k: v for k, v in chosen.items() if k in base}}
-        result = train(
-            rows, val, None, backbone="mobilenet_v2", image_size=args.size, weights_dir=args.weights,
-            unfreeze_layers=settings["unfreeze_layers"], dropout=settings["dropout"],
-            head_learning_rate=settings["head_learning_rate"],
-            finetune_learning_rate=settings["finetune_learning_rate"], head_epochs=args.epochs,
-            finetune_epochs=args.epochs, patience=args.epochs, batch_size=64, neighbour_smoothing=0.2,
-            augment=True, seed=1, checkpoint_dir=checkpoints / f"naive_{trial.number}",
-        )  # fmt: skip
+        resolved = resolve(base, rebalance, chosen)  # as the study's objective builds its configuration
+        rows = training_rows(train_split, resolved.rebalance)
+        # augment: the whole network runs on every image each epoch, no freeze-boundary cache
+        options = TrainOptions(checkpoint_dir=checkpoints / f"naive_{trial.number}", augment=True)
+        result = train(resolved.train, TrainData(rows, val), options)
         return float(result.history["val_accuracy"].max())
 
     def sampler():

@@ -15,10 +15,10 @@ import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from agerange.config import setup_logging
 
 
 def main() -> None:
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
+    setup_logging()  # before TensorFlow is imported: it quiets the notices a CPU run prints
 
     import keras
     import tensorflow as tf
@@ -47,7 +48,8 @@ def main() -> None:
         unfreeze,
     )
     from agerange.preprocess import chip_pixels
-    from agerange.train import _compute_features, _dataset, load_split, soft_labels
+    from agerange.training.data import load_split, make_dataset, soft_labels
+    from agerange.training.feature_cache import compute_features
 
     table = pd.read_parquet(args.metadata).sample(n=args.n, random_state=0).reset_index(drop=True)
     paths = [args.images / p for p in table["path"]]
@@ -84,7 +86,7 @@ def main() -> None:
     data = load_split(table, args.images, args.size)
     decode_seconds = time.perf_counter() - started
     model = fresh_model()
-    dataset = _dataset(data.chips, data.groups, data.weights, args.batch, True, 0)
+    dataset = make_dataset(data.chips, data.groups, data.weights, args.batch, True, 0)
     model.fit(dataset.take(2), epochs=1, verbose=0)
     started = time.perf_counter()
     model.fit(dataset, epochs=args.epochs, verbose=0)
@@ -95,10 +97,10 @@ def main() -> None:
     cut = boundary_layer(model, first_trainable_index(model))
     bottom, top = split_at_boundary(model, cut)
     started = time.perf_counter()
-    features = _compute_features(bottom, data.chips, args.batch)
+    features = compute_features(bottom, data.chips, args.batch)
     cache_seconds = time.perf_counter() - started
     top.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy")
-    dataset = _dataset(features, data.groups, data.weights, args.batch, True, 0)
+    dataset = make_dataset(features, data.groups, data.weights, args.batch, True, 0)
     top.fit(dataset.take(2), epochs=1, verbose=0)
     started = time.perf_counter()
     top.fit(dataset, epochs=args.epochs, verbose=0)

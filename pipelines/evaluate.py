@@ -4,22 +4,18 @@ Validation metrics are for choosing models; test metrics are reported, never tun
 """
 
 import argparse
-import logging
-import os
+import json
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from agerange import tracking  # noqa: E402
-from agerange.config import load_params, setup_logging  # noqa: E402
-from agerange.evaluate import evaluate, plot_report, worst_mistakes  # noqa: E402
-from agerange.files import write_csv, write_json  # noqa: E402
-from agerange.inference import predict_probabilities  # noqa: E402
-from agerange.train import load_split  # noqa: E402
-
-log = logging.getLogger("evaluate")
+from agerange import tracking
+from agerange.config import load_section, setup_logging
+from agerange.evaluate import evaluate, plot_report, summary_line, worst_mistakes
+from agerange.files import write_csv, write_json
+from agerange.inference import predict_probabilities
+from agerange.training.data import load_split
 
 
 def main() -> None:
@@ -28,43 +24,49 @@ def main() -> None:
     parser.add_argument("--splits", type=Path, required=True)
     parser.add_argument("--images", type=Path, required=True)
     parser.add_argument("--reports", type=Path, required=True, help="folder for tables and figures")
-    parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics (DVC metrics)")
+    parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics")
     args = parser.parse_args()
     setup_logging()
+    # the served model's flip and decision rule, so these figures are the predict path's
+    package = load_section("package")
+    splits = pd.read_parquet(args.splits)
+    val, test = _predict(args.model, splits, args.images, package.flip)
+    results = {"val": evaluate(*val, package.neighbour_weight)[0]}
+    results["test"], tables = evaluate(*test, package.neighbour_weight)
+    for name, table in tables.items():
+        write_csv(table, args.reports / f"{name}.csv")
+    mistakes = worst_mistakes(*test, neighbour_weight=package.neighbour_weight)
+    figures = plot_report(tables, mistakes, args.images, args.reports)
+    write_json(results, args.metrics)
+    _log_to_training_run(args.model / "run.json", results, [*sorted(args.reports.glob("*.csv")), *figures])
+    print(summary_line(results, args.reports))
+
+
+Predicted = tuple[pd.DataFrame, np.ndarray]  # a split's rows and their group probabilities
+
+
+def _predict(model_dir: Path, splits: pd.DataFrame, images: Path, flip: bool) -> tuple[Predicted, Predicted]:
+    """Rows and group probabilities of the validation and the test split."""
     import keras
 
-    # the served model's decision rule (package params), so these figures are the predict path's
-    neighbour_weight = float(load_params("package").get("neighbour_weight", 0.0))
-    info = pd.read_json(args.model / "model_info.json", typ="series").to_dict()
-    model = keras.models.load_model(args.model / "model.keras", compile=False)
-    splits = pd.read_parquet(args.splits)
-    results, figures = {}, []
+    info = json.loads((model_dir / "model_info.json").read_text())
+    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    predicted = []
     for side in ("val", "test"):
         rows = splits[splits["split"] == side].reset_index(drop=True)
-        data = load_split(rows, args.images, info["image_size"])
-        probabilities = predict_probabilities(model, data.chips, flip=info["test_time_flip"])
-        metrics, tables = evaluate(rows, probabilities, neighbour_weight)
-        results[side] = metrics
-        if side == "test":
-            for name, table in tables.items():
-                write_csv(table, args.reports / f"{name}.csv")
-            mistakes = worst_mistakes(rows, probabilities, neighbour_weight=neighbour_weight)
-            figures = plot_report(tables, mistakes, args.images, args.reports)
-    write_json(results, args.metrics)
+        chips = load_split(rows, images, info["image_size"]).chips
+        predicted.append((rows, predict_probabilities(model, chips, flip=flip)))
+    return predicted[0], predicted[1]
 
-    reference = tracking.read_run_reference(args.model / "run.json")
-    with tracking.start_run("", "", resume_run_id=reference["run_id"]):
+
+def _log_to_training_run(reference: Path, results: dict[str, dict], artifacts: list[Path]) -> None:
+    run = tracking.read_run_reference(reference)
+    tracking.use_tracking_uri(run["tracking_uri"])
+    with tracking.start_run("", "", resume_run_id=run["run_id"]):
         # eval_val_*, not val_*: the per-epoch val_* series of the training run keep their meaning
         for side, metrics in results.items():
             tracking.log_metrics(metrics, prefix="test_" if side == "test" else "eval_val_")
-        tracking.log_artifacts([*sorted(args.reports.glob("*.csv")), *figures], folder="evaluation")
-    test = results["test"]
-    print(
-        f"evaluate: test split {test['n']} images: accuracy {test['accuracy']:.3f}, within one group "
-        f"{test['within_one']:.3f}, MAE {test['mae_years']:.1f} years, macro-F1 {test['macro_f1']:.3f}, "
-        f"ECE {test['ece']:.3f}, ethnicity gap {test.get('ethnicity_accuracy_gap', 0):.3f} "
-        f"(validation accuracy {results['val']['accuracy']:.3f}); report in {args.reports}."
-    )
+        tracking.log_artifacts(artifacts, folder="evaluation")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from agerange.config import fail, load_params, setup_logging
+from agerange.config import ConfigError, fail, load_section, setup_logging
 from agerange.files import atomic_path
 from agerange.predict import PHOTO_SUFFIXES
 
@@ -19,7 +19,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the project's copy of the photos")
     args = parser.parse_args()
     setup_logging()
-    source = Path(load_params("drift")["new_photos"])
+    try:
+        source = Path(load_section("drift").new_photos)
+    except ConfigError as error:
+        fail(str(error))
     if not source.is_dir():
         fail(f"{source}: new-photos folder not found (set drift.new_photos in params.yaml)")
     files = sorted(p for p in source.rglob("*") if p.is_file())

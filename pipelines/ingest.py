@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from agerange.config import fail, load_params, setup_logging
+from agerange.config import ConfigError, fail, load_section, setup_logging
 from agerange.files import ChecksumError, write_csv, write_json, write_parquet
 from agerange.ingest import ArchiveError, ingest
 
@@ -14,20 +14,20 @@ def main() -> None:
     parser.add_argument("--images", type=Path, required=True, help="folder to extract into")
     parser.add_argument("--metadata", type=Path, required=True, help="Parquet table of usable images")
     parser.add_argument("--quarantine", type=Path, required=True, help="CSV table of rejected files")
-    parser.add_argument("--summary", type=Path, required=True, help="JSON counts (a DVC metrics file)")
+    parser.add_argument("--summary", type=Path, required=True, help="JSON counts (a report)")
     args = parser.parse_args()
     setup_logging()
-    params = load_params("ingest")
     try:
+        settings = load_section("ingest")
         metadata, quarantine, counts = ingest(
             archive=args.archive,
             images_dir=args.images,
-            trusted_sha256=params["trusted_sha256"],
-            min_age=params["min_age"],
-            max_age=params["max_age"],
-            workers=params["workers"],
+            trusted_sha256=settings.trusted_sha256,
+            min_age=settings.min_age,
+            max_age=settings.max_age,
+            workers=settings.workers,
         )
-    except (ArchiveError, ChecksumError) as error:
+    except (ConfigError, ArchiveError, ChecksumError) as error:
         fail(str(error))
     write_parquet(metadata, args.metadata)
     write_csv(quarantine, args.quarantine)

@@ -15,18 +15,52 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agerange.config import load_params
+from agerange.config import ConfigError, fail, load_section
 
 LOCKED_EXIT = 75  # EX_TEMPFAIL: another sweep is running; try again later
+
+
+def nightly_steps(python: str, trials: int, timeout_minutes: float) -> list[list[str]]:
+    """The commands of one nightly: add trials to the study, then let DVC rebuild what changed."""
+    return [
+        [python, "pipelines/tune.py", "--splits", "data/splits.parquet", "--images", "data/images",
+         "--out", "data/training.json", "--reports", "data/reports/tune",
+         "--checkpoints", "data/checkpoints/tune", "--add-trials", str(trials),
+         "--timeout-minutes", str(timeout_minutes)],
+        # The tune stage re-reads the study's best; train, evaluate and register follow if it changed.
+        [python, "-m", "dvc", "repro", "register"],
+    ]  # fmt: skip
+
+
+def run_steps(steps: list[list[str]], log_file: Path, python: str) -> int:
+    """Run the steps in order, output appended to `log_file`; the first failing step's status, or 0."""
+    # dvc.yaml's stages call `python`: make that this interpreter (cron gives no virtualenv on PATH)
+    path = f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    environment = {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log_file, "a") as log:
+        for step in steps:
+            log.write(f"\n$ {' '.join(step)}\n")
+            log.flush()
+            status = subprocess.run(step, stdout=log, stderr=subprocess.STDOUT, env=environment).returncode
+            if status != 0:
+                print(
+                    f"nightly: step failed with status {status}: {' '.join(step[:3])}; see {log_file}",
+                    file=sys.stderr,
+                )
+                return status
+    return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    params = load_params("tune")
-    parser.add_argument("--trials", type=int, default=params["nightly_trials"])
-    parser.add_argument("--timeout-minutes", type=float, default=params["timeout_minutes"])
+    try:
+        settings = load_section("tune")
+    except ConfigError as error:
+        fail(str(error))
+    parser.add_argument("--trials", type=int, default=settings.nightly_trials)
+    parser.add_argument("--timeout-minutes", type=float, default=settings.timeout_minutes)
     parser.add_argument("--log-dir", type=Path, default=Path("data/logs"))
     parser.add_argument("--lock", type=Path, default=Path("data/nightly.lock"))
     args = parser.parse_args()
@@ -41,31 +75,11 @@ def main() -> int:
 
     args.log_dir.mkdir(parents=True, exist_ok=True)
     log_file = args.log_dir / f"nightly-{dt.datetime.now():%Y%m%d-%H%M%S}.log"
-    python = sys.executable
-    # dvc.yaml's stages call `python`: make that this interpreter (cron gives no virtualenv on PATH)
-    path = f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    environment = {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
-    steps = [
-        [python, "pipelines/tune.py", "--splits", "data/splits.parquet", "--images", "data/images",
-         "--out", "data/reports/tune/best_params.json", "--reports", "data/reports/tune",
-         "--checkpoints", "data/checkpoints/tune", "--add-trials", str(args.trials),
-         "--timeout-minutes", str(args.timeout_minutes)],
-        # The tune stage re-reads the study's best; train, evaluate and register follow if it changed.
-        [python, "-m", "dvc", "repro", "register"],
-    ]  # fmt: skip
-    with open(log_file, "a") as log:
-        for step in steps:
-            log.write(f"\n$ {' '.join(step)}\n")
-            log.flush()
-            status = subprocess.run(step, stdout=log, stderr=subprocess.STDOUT, env=environment).returncode
-            if status != 0:
-                print(
-                    f"nightly: step failed with status {status}: {' '.join(step[:3])}; see {log_file}",
-                    file=sys.stderr,
-                )
-                return status
-    print(f"nightly: done; log in {log_file}")
-    return 0
+    steps = nightly_steps(sys.executable, args.trials, args.timeout_minutes)
+    status = run_steps(steps, log_file, python=sys.executable)
+    if status == 0:
+        print(f"nightly: done; log in {log_file}")
+    return status
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""DVC stage `rebalance`: the training split made even across age groups (and ethnicities)."""
+"""DVC stage `rebalance`: the training split made even across age groups (and ethnicities).
+
+Reads its settings from the tune stage's resolved training configuration: params.yaml's
+`rebalance` section, with the strategy the study chose when it tuned one.
+"""
 
 import argparse
 import time
@@ -6,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from agerange.config import load_params, setup_logging
+from agerange.config import ConfigError, fail, read_resolved, setup_logging
 from agerange.files import write_csv, write_parquet
 from agerange.rebalance import distribution, plot_distributions, rebalance
 
@@ -14,15 +18,19 @@ from agerange.rebalance import distribution, plot_distributions, rebalance
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--splits", type=Path, required=True, help="the split stage's table")
+    parser.add_argument("--config", type=Path, required=True, help="the tune stage's resolved configuration")
     parser.add_argument("--out", type=Path, required=True, help="Parquet table of training rows")
     parser.add_argument("--reports", type=Path, required=True, help="folder for CSV plots and the PNG")
     args = parser.parse_args()
     setup_logging()
     started = time.monotonic()
-    params = load_params("rebalance")
+    try:
+        settings = read_resolved(args.config).rebalance
+    except ConfigError as error:
+        fail(str(error))
     splits = pd.read_parquet(args.splits)
     train = splits[splits["split"] == "train"]
-    balanced = rebalance(train, **params)
+    balanced = rebalance(train, settings.strategy, settings.max_per_group, settings.seed)
     write_parquet(balanced, args.out)
     tables = {
         "Age group": distribution(train, balanced, "age_group"),
@@ -33,7 +41,7 @@ def main() -> None:
     plot_distributions(tables, args.reports / "rebalance.png")
     print(
         f"rebalance: {len(train)} training images in, {len(balanced)} rows out "
-        f"({params['strategy']}, {balanced['path'].nunique()} distinct images), "
+        f"({settings.strategy}, {balanced['path'].nunique()} distinct images), "
         f"validation and test untouched, in {time.monotonic() - started:.1f} s; "
         f"charts in {args.reports}."
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from agerange.config import load_params, setup_logging
+from agerange.config import ConfigError, fail, load_section, setup_logging
 from agerange.files import write_json, write_parquet
 from agerange.split import split_counts, split_table
 
@@ -15,13 +15,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--metadata", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="Parquet table with a `split` column")
-    parser.add_argument("--summary", type=Path, required=True, help="JSON counts (a DVC metrics file)")
+    parser.add_argument("--summary", type=Path, required=True, help="JSON counts (a report)")
     args = parser.parse_args()
     setup_logging()
     started = time.monotonic()
-    params = load_params("split")
+    try:
+        settings = load_section("split")
+    except ConfigError as error:
+        fail(str(error))
     metadata = pd.read_parquet(args.metadata)
-    table = split_table(metadata, **params)
+    table = split_table(
+        metadata, val_fraction=settings.val_fraction, test_fraction=settings.test_fraction, seed=settings.seed
+    )
     write_parquet(table, args.out)
     counts = split_counts(table)
     write_json(counts, args.summary)

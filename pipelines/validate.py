@@ -1,12 +1,13 @@
 """DVC stage `validate`: Great Expectations checks on the metadata table; stops on a critical failure."""
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
 import pandas as pd
 
-from agerange.config import fail, load_params, setup_logging
+from agerange.config import ConfigError, fail, load_section, setup_logging
 from agerange.files import write_json
 from agerange.validate import check_metadata, describe_failure, summarize
 
@@ -17,14 +18,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--metadata", type=Path, required=True)
     parser.add_argument("--docs", type=Path, required=True, help="folder for the Data Docs (HTML)")
-    parser.add_argument("--summary", type=Path, required=True, help="JSON summary (a DVC metrics file)")
+    parser.add_argument("--summary", type=Path, required=True, help="JSON pass / fail counts (DVC metrics)")
     args = parser.parse_args()
     setup_logging()
-    params = load_params("validate")
-    ingest = load_params("ingest")  # the age bounds are stated once, where ingest applies them
+    try:
+        settings = load_section("validate")
+        ingest = load_section("ingest")  # the age bounds are stated once, where ingest applies them
+    except ConfigError as error:
+        fail(str(error))
     metadata = pd.read_parquet(args.metadata)
     outcomes = check_metadata(
-        metadata, min_age=ingest["min_age"], max_age=ingest["max_age"], docs_dir=args.docs, **params
+        metadata,
+        min_age=ingest.min_age,
+        max_age=ingest.max_age,
+        docs_dir=args.docs,
+        **dataclasses.asdict(settings),
     )
     summary = summarize(outcomes)
     write_json(summary, args.summary)

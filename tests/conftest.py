@@ -76,6 +76,7 @@ def packaged_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     at 32 px: the detector, alignment, TFLite classifier and pyfunc are all the real ones."""
     import keras
 
+    from agerange.config import load_section
     from agerange.labels import GROUP_NAMES
     from agerange.model import build_classifier
     from agerange.serving import package
@@ -84,11 +85,7 @@ def packaged_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build_classifier("small_cnn", 32, Path("unused"), dropout=0.1)
     info = {"backbone": "small_cnn", "image_size": 32, "class_names": list(GROUP_NAMES)}
     folder = tmp_path_factory.mktemp("packaged") / "serving"
-    settings = {
-        "detector": "blazeface_short", "min_detector_score": 0.6, "min_face_pixels": 32, "flip": True,
-        "neighbour_weight": 0.5,
-    }  # fmt: skip
-    package(model, info, folder, settings)
+    package(model, info, folder, load_section("package", PROJECT_ROOT / "params.yaml"))
     return folder
 
 

@@ -1,7 +1,6 @@
 """The `agerange` command: tools for people, over the same functions the pipeline uses."""
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -101,11 +100,7 @@ def web_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parser = argparse.ArgumentParser(prog="agerange", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_feature_maps(commands) -> None:
     maps = commands.add_parser(
         "feature-maps", help="picture of a convolution layer's activations for one photo"
     )
@@ -117,6 +112,18 @@ def main(argv: list[str] | None = None) -> None:
     maps.add_argument("--out", type=Path, default=Path("feature_maps.png"))
     maps.set_defaults(run=feature_maps_command)
 
+
+def _add_model_arguments(command: argparse.ArgumentParser) -> None:
+    """--model and --store, shared by the commands that run the packaged model."""
+    command.add_argument(
+        "--model",
+        default="models:/agerange@champion",
+        help="registry or run URI, or a packaged model folder such as data/serving",
+    )
+    command.add_argument("--store", type=Path, default=Path("mlruns"), help="MLflow tracking store folder")
+
+
+def _add_predict(commands) -> None:
     predict = commands.add_parser(
         "predict",
         help="age ranges of every face in photos (files or folders)",
@@ -124,12 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{EXIT_PARTIAL} some could not be read (the others are reported), 1 none could be read.",
     )
     predict.add_argument("paths", nargs="+", type=Path, help="photos (JPEG, PNG, WebP) or folders of them")
-    predict.add_argument(
-        "--model",
-        default="models:/agerange@champion",
-        help="registry or run URI, or a packaged model folder such as data/serving",
-    )
-    predict.add_argument("--store", type=Path, default=Path("mlruns"), help="MLflow tracking store folder")
+    _add_model_arguments(predict)
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.add_argument("--out", type=Path, help="write the results here instead of standard output")
     predict.add_argument(
@@ -137,24 +139,34 @@ def main(argv: list[str] | None = None) -> None:
     )
     predict.set_defaults(run=predict_command)
 
+
+def _add_web(commands) -> None:
     web = commands.add_parser("web", help="a local web page: pick a photo, see each face's age group")
-    web.add_argument(
-        "--model",
-        default="models:/agerange@champion",
-        help="registry or run URI, or a packaged model folder such as data/serving",
-    )
-    web.add_argument("--store", type=Path, default=Path("mlruns"), help="MLflow tracking store folder")
+    _add_model_arguments(web)
     web.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)"
     )
     web.add_argument("--port", type=int, default=8000)
     web.set_defaults(run=web_command)
 
-    args = parser.parse_args(argv)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `agerange` command line: feature-maps, predict, web."""
+    parser = argparse.ArgumentParser(prog="agerange", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_feature_maps(commands)
+    _add_predict(commands)
+    _add_web(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one `agerange` command; errors are one line on stderr and exit status 1."""
+    args = build_parser().parse_args(argv)
     from agerange.config import setup_logging
     from agerange.preprocess import ImageError
 
-    setup_logging("WARNING")
+    setup_logging("WARNING")  # before any command imports TensorFlow: it quiets its notices
     try:
         status = args.run(args)
     except (ImageError, FileNotFoundError, ValueError) as error:

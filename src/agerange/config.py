@@ -1,34 +1,304 @@
-"""What every stage entry point needs first: its params.yaml section and a configured log."""
+"""Typed settings, stated once: one frozen dataclass per params.yaml section.
 
+Every stage builds its settings here, first thing, so an unknown or missing key stops it with a
+one-line error naming the key and the file before any data is decoded. A new option is one field
+below, one line in params.yaml, and its use in the one function that needs it.
+"""
+
+import dataclasses
+import json
 import logging
 import os
 import sys
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from agerange.files import write_json
+from agerange.quiet import quiet_expected_output
 
-def load_params(section: str, path: Path = Path("params.yaml")) -> dict[str, Any]:
-    """One section of params.yaml (each stage reads only its own)."""
-    with open(path) as stream:
-        params = yaml.safe_load(stream) or {}
-    if section not in params:
-        raise KeyError(f"{path}: no section '{section}' (sections: {', '.join(params)})")
-    return params[section]
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A settings file with an unknown, missing or mistyped key."""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    trusted_sha256: dict[str, str]  # archive name -> sha256 the ingest stage accepts
+    min_age: int
+    max_age: int
+    workers: int  # decoding processes; 0 = one per CPU core
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    image_size: int
+    min_per_group: int
+    min_brightness: float
+    max_brightness: float
+    min_blur: float
+    mostly: float
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    val_fraction: float
+    test_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class RebalanceConfig:
+    strategy: str  # undersample | oversample | class_weight | none
+    max_per_group: int | None
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one model is trained (params.yaml `train`, with the study's best applied by `resolve`)."""
+
+    backbone: str
+    weights_dir: str
+    weights_sha256: str | None
+    image_size: int
+    unfreeze_layers: int
+    dropout: float
+    head_learning_rate: float
+    finetune_learning_rate: float
+    head_epochs: int
+    finetune_epochs: int
+    patience: int
+    batch_size: int
+    neighbour_smoothing: float
+    age_sigma: float
+    augment: bool | str  # true | false | auto (by device)
+    realign: bool
+    weight_soup: bool
+    finetune_runs: int
+    ensemble_members: int
+    mixed_precision: str  # auto | on | off
+    seed: int
+
+
+@dataclass(frozen=True)
+class TuneSpace:
+    """The sweep's search space: lists of choices, [low, high] ranges."""
+
+    backbone: list[str]
+    unfreeze_layers: dict[str, list[int]]  # per backbone
+    head_learning_rate: list[float]  # log scale
+    finetune_learning_rate: list[float]  # log scale
+    dropout: list[float]
+    rebalance_strategy: list[str]
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    study_name: str
+    storage: str
+    n_trials: int
+    timeout_minutes: int | float
+    nightly_trials: int
+    sampler: str
+    pruner: str
+    seed: int
+    heartbeat_seconds: int
+    space: TuneSpace
+
+
+@dataclass(frozen=True)
+class PackageConfig:
+    """How the served model and `agerange predict` treat new photos."""
+
+    detector: str = "blazeface_short"
+    min_detector_score: float = 0.6
+    min_face_pixels: int = 32
+    flip: bool = True
+    neighbour_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    new_photos: str
+    model: str
+    reference_size: int
+    control_size: int
+    alpha: float
+    embedding_auc: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    name: str
+    split: str
+    metric: str
+    greater_is_better: bool
+
+
+SECTIONS: dict[str, type] = {
+    "ingest": IngestConfig,
+    "validate": ValidateConfig,
+    "split": SplitConfig,
+    "rebalance": RebalanceConfig,
+    "train": TrainConfig,
+    "tune": TuneConfig,
+    "package": PackageConfig,
+    "drift": DriftConfig,
+    "register": RegisterConfig,
+}
+
+# Tuned keys that belong to another section than `train` (the study's name -> (section, key)).
+TUNED_ELSEWHERE = {"rebalance_strategy": ("rebalance", "strategy")}
+
+
+def build(kind: type, values: Any, where: str) -> Any:
+    """A `kind` dataclass from a mapping, refusing unknown, missing and mistyped keys.
+
+    Args:
+        kind: a dataclass of this module.
+        values: the mapping read from YAML or JSON.
+        where: what to name in an error, e.g. "params.yaml: train".
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(fields)})")
+    built = {}
+    for name, spec in fields.items():
+        if name not in values:
+            if spec.default is dataclasses.MISSING:
+                raise ConfigError(f"{where}.{name}: missing key")
+            continue
+        built[name] = _typed(values[name], typing.get_type_hints(kind)[name], f"{where}.{name}")
+    return kind(**built)
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """`value` checked against a type hint (numbers written as 3e-4 in YAML arrive as strings)."""
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and not isinstance(value, bool):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                continue
+        if option is str and isinstance(value, str):
+            return value
+        if typing.get_origin(option) in (list, dict) and isinstance(value, typing.get_origin(option)):
+            return value
+    expected = " or ".join(getattr(option, "__name__", str(option)) for option in options)
+    raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+
+
+def load_section(name: str, path: Path = PARAMS_FILE) -> Any:
+    """One section of params.yaml as its typed settings (each stage reads only what it needs)."""
+    path = Path(path)
+    try:
+        with open(path) as stream:
+            params = yaml.safe_load(stream) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read settings ({error})") from None
+    if name not in SECTIONS:
+        raise ConfigError(f"{path}: no section type '{name}' (sections: {', '.join(SECTIONS)})")
+    if name not in params:
+        raise ConfigError(f"{path}: section '{name}' missing")
+    return build(SECTIONS[name], params[name], f"{path}: {name}")
+
+
+def load_params(section: str, path: Path = PARAMS_FILE) -> dict[str, Any]:
+    """One section as a plain dict, checked like `load_section` (for logging and old callers)."""
+    return dataclasses.asdict(load_section(section, path))
+
+
+@dataclass(frozen=True)
+class ResolvedTraining:
+    """What the train stage trains with: params.yaml's values with the study's best applied."""
+
+    train: TrainConfig
+    rebalance: RebalanceConfig
+    tuned: dict[str, Any] = field(default_factory=dict)  # the study's best params (empty: none)
+
+
+def resolve(train: TrainConfig, rebalance: RebalanceConfig, tuned: dict[str, Any]) -> ResolvedTraining:
+    """Apply tuned values (the study's best, or one trial's choice) over params.yaml's.
+
+    The tune stage builds both the train stage's configuration and each trial's with this one
+    function, so the two cannot drift apart. A tuned key that no section has is refused.
+    """
+    train_values, rebalance_values = dataclasses.asdict(train), dataclasses.asdict(rebalance)
+    for key, value in tuned.items():
+        if key in TUNED_ELSEWHERE:
+            rebalance_values[TUNED_ELSEWHERE[key][1]] = value
+        elif key in train_values:
+            train_values[key] = value
+        else:
+            raise ConfigError(f"tuned parameter '{key}': not a train or rebalance setting")
+    return ResolvedTraining(
+        build(TrainConfig, train_values, "tuned train"),
+        build(RebalanceConfig, rebalance_values, "tuned rebalance"),
+        dict(tuned),
+    )
+
+
+def write_resolved(resolved: ResolvedTraining, path: Path) -> None:
+    """Save the resolved training configuration (the tune stage's output)."""
+    write_json(dataclasses.asdict(resolved), path)
+
+
+def read_resolved(path: Path) -> ResolvedTraining:
+    """The tune stage's resolved training configuration, checked like params.yaml."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the resolved training configuration ({error})") from None
+    where = f"{path}: "
+    if not isinstance(values, dict) or set(values) != {"train", "rebalance", "tuned"}:
+        raise ConfigError(f"{path}: expected the keys train, rebalance and tuned (run `dvc repro tune`)")
+    return ResolvedTraining(
+        build(TrainConfig, values["train"], where + "train"),
+        build(RebalanceConfig, values["rebalance"], where + "rebalance"),
+        values["tuned"],
+    )
 
 
 def setup_logging(level: str | None = None) -> None:
-    """Plain one-line log records on stderr; called once, by entry points only."""
+    """Plain one-line log records on stderr; called once, by entry points only.
+
+    Also quiets what a run prints but nobody needs to act on (`quiet.quiet_expected_output`), so it
+    must run before anything imports TensorFlow. At DEBUG level (AGERANGE_LOG_LEVEL=DEBUG)
+    everything is shown.
+    """
+    level = level or os.environ.get("AGERANGE_LOG_LEVEL", "INFO")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ errors only, once TensorFlow has loaded
     logging.basicConfig(
-        level=level or os.environ.get("AGERANGE_LOG_LEVEL", "INFO"),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    if str(level).upper() != "DEBUG":
+        quiet_expected_output()
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> typing.NoReturn:
     """Stop an entry point with a one-line error and a non-zero exit status."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(1)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from agerange import metrics
 from agerange.ingest import QUALITY_SIZE, image_quality
 from agerange.preprocess import ImageError, read_image
 
@@ -43,7 +44,6 @@ FEATURES = [
 PREDICTION = "predicted_group"
 EMBEDDING = "penultimate"
 EMBEDDING_DIMENSIONS = 16  # principal components of the embedding kept for the drift test
-FAIRFACE_RANGES = [(0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, None)]
 
 
 def describe_photo(predictor, image, name: str) -> tuple[dict[str, Any], np.ndarray | None]:
@@ -81,10 +81,12 @@ def describe_photos(predictor, paths: list[Path], names: list[str] | None = None
         embeddings.append(embedding)
     table = pd.DataFrame(rows)
     width = next((len(e) for e in embeddings if e is not None), 0)
-    matrix = np.stack([e if e is not None else np.full(width, np.nan) for e in embeddings]) if rows else None
-    for column in range(width):
-        table[f"emb_{column}"] = matrix[:, column]
-    return table
+    if not rows or not width:
+        return table
+    matrix = np.stack([e if e is not None else np.full(width, np.nan) for e in embeddings])
+    # one concat, not a column at a time (which fragments the frame and warns per column)
+    columns = pd.DataFrame(matrix, columns=[f"emb_{column}" for column in range(width)], index=table.index)
+    return pd.concat([table, columns], axis=1)
 
 
 def embedding_projection(reference: pd.DataFrame, dimensions: int = EMBEDDING_DIMENSIONS):
@@ -106,14 +108,6 @@ def project(table: pd.DataFrame, projection) -> pd.DataFrame:
     return projected
 
 
-def fairface_range(age: float) -> int:
-    """Index of the FairFace age range (0-2, 3-9, 10-19, ..., 70+) holding an age in years."""
-    for index, (_, highest) in enumerate(FAIRFACE_RANGES):
-        if highest is None or age < highest + 1:
-            return index
-    return len(FAIRFACE_RANGES) - 1
-
-
 def range_accuracy(described: pd.DataFrame, labels: pd.DataFrame) -> dict[str, float]:
     """Accuracy at FairFace's range level: the expected age of the largest face against the label.
 
@@ -124,17 +118,15 @@ def range_accuracy(described: pd.DataFrame, labels: pd.DataFrame) -> dict[str, f
     merged = described.merge(labels, left_on="photo", right_on="filename")
     if merged.empty:
         return {}
-    truth = merged["age_min"].map(fairface_range)
-    found = merged["expected_age"].notna()
-    predicted = merged.loc[found, "expected_age"].map(fairface_range)
-    error = (predicted - truth[found]).abs()
+    predicted, truth = merged["expected_age"].to_numpy(np.float64), merged["age_min"].to_numpy(np.float64)
+    found = ~np.isnan(predicted)
     return {
         "labelled_photos": int(len(merged)),
         "photos_with_face": int(found.sum()),
-        "range_accuracy": float((error == 0).mean()) if found.any() else 0.0,
-        "range_within_one": float((error <= 1).mean()) if found.any() else 0.0,
+        "range_accuracy": metrics.range_accuracy(predicted[found], truth[found]) if found.any() else 0.0,
+        "range_within_one": metrics.range_within_one(predicted[found], truth[found]) if found.any() else 0.0,
         # photos where no face was found count as wrong here
-        "range_accuracy_all_photos": float((error == 0).sum() / len(merged)),
+        "range_accuracy_all_photos": metrics.range_accuracy(predicted, truth),
     }
 
 
@@ -262,3 +254,70 @@ def summarize(snapshot: dict[str, Any], level: float) -> dict[str, Any]:
         "columns": columns,
         "embedding": embedding,
     }
+
+
+def sample_chips(splits: pd.DataFrame, split: str, size: int, seed: int) -> pd.DataFrame:
+    """A seeded sample of at most `size` rows of one split."""
+    rows = splits[splits["split"] == split]
+    return rows.sample(min(size, len(rows)), random_state=seed)
+
+
+def describe_sets(
+    predictor, photos: list[Path], splits: pd.DataFrame, images: Path, settings
+) -> dict[str, pd.DataFrame]:
+    """The reference (training chips), the control (held-back test chips) and the new photos, described.
+
+    Args:
+        settings: the drift section (`DriftConfig`: reference_size, control_size, seed).
+    """
+    tables = {}
+    for name, rows in (
+        ("reference", sample_chips(splits, "train", settings.reference_size, settings.seed)),
+        ("control", sample_chips(splits, "test", settings.control_size, settings.seed)),
+    ):
+        tables[name] = describe_photos(predictor, [images / p for p in rows["path"]], list(rows["path"]))
+    tables["new_photos"] = describe_photos(predictor, photos, [p.name for p in photos])
+    return tables
+
+
+def drift_summary(tables: dict[str, pd.DataFrame], photos: Path, reports: Path, settings) -> dict[str, Any]:
+    """Both reports (new photos and control, each against the reference) with their verdicts.
+
+    Writes `<set>_vs_training.html` and `<set>_features.csv` into `reports`; adds FairFace
+    range accuracy when the photos folder has a labels.csv.
+    """
+    reports.mkdir(parents=True, exist_ok=True)
+    summary = {"model": settings.model, "photos": str(photos), "counts": {}}
+    for name in ("new_photos", "control"):
+        summary[name] = drift_report(
+            tables["reference"],
+            tables[name],
+            html=reports / f"{name}_vs_training.html",
+            alpha=settings.alpha,
+            embedding_auc=settings.embedding_auc,
+        )
+    for name, table in tables.items():
+        summary["counts"][name] = {"photos": len(table), "with_face": int((table["face_count"] > 0).sum())}
+        table.drop(columns=[c for c in table.columns if c.startswith("emb_")]).to_csv(
+            reports / f"{name}_features.csv", index=False
+        )
+    labels_file = photos / "labels.csv"
+    if labels_file.is_file():
+        summary["accuracy"] = range_accuracy(tables["new_photos"], pd.read_csv(labels_file))
+    return summary
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """What drifted, for new photos and the control, and the FairFace range accuracy if measured."""
+    new, control = summary["new_photos"], summary["control"]
+    line = (
+        f"new photos drifted on {', '.join(new['drifted']) or 'nothing'}; "
+        f"held-back UTKFace control drifted on {', '.join(control['drifted']) or 'nothing'}"
+    )
+    if summary.get("accuracy"):
+        accuracy = summary["accuracy"]
+        line += (
+            f"; FairFace range accuracy {accuracy['range_accuracy']:.3f} "
+            f"(within one range {accuracy['range_within_one']:.3f})"
+        )
+    return line

@@ -8,6 +8,7 @@ import pandas as pd
 from agerange.files import write_png
 from agerange.inference import decode_probabilities
 from agerange.labels import ETHNICITIES, GENDERS, GROUP_NAMES
+from agerange.metrics import exact_accuracy, group_distance, mae_years, within_one
 
 
 def classification_metrics(
@@ -23,11 +24,10 @@ def classification_metrics(
     """
     groups = np.asarray(groups)
     predicted, expected_age = decode_probabilities(probabilities, neighbour_weight)
-    distance = np.abs(predicted - groups)
     return {
-        "accuracy": float((distance == 0).mean()),
-        "within_one": float((distance <= 1).mean()),
-        "mae_years": float(np.abs(expected_age - np.asarray(ages, dtype=np.float32)).mean()),
+        "accuracy": exact_accuracy(predicted, groups),
+        "within_one": within_one(predicted, groups),
+        "mae_years": mae_years(expected_age, ages),
         "macro_f1": macro_f1(groups, predicted),
         "ece": expected_calibration_error(groups, probabilities),
         "n": int(len(groups)),
@@ -84,7 +84,7 @@ def confusion(groups: np.ndarray, predicted: np.ndarray, n_classes: int = len(GR
 
 def off_by_n(groups: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
     """How many predictions are 0, 1, 2, ... groups away from the truth."""
-    distance = np.abs(np.asarray(predicted) - np.asarray(groups))
+    distance = group_distance(predicted, groups)
     counts = np.bincount(distance, minlength=len(GROUP_NAMES))
     return pd.DataFrame(
         {"groups_off": np.arange(len(counts)), "images": counts, "share": counts / max(1, len(distance))}
@@ -103,13 +103,13 @@ def accuracy_by(table: pd.DataFrame, predicted: np.ndarray, column: str) -> pd.D
     ).dropna()
     rows = []
     for key, part in frame.groupby("key", sort=True):
-        distance = np.abs(part["pred"].to_numpy() - part["true"].to_numpy())
+        predicted_part, truth = part["pred"].to_numpy(), part["true"].to_numpy()
         rows.append(
             {
                 column: names[int(key)],
                 "images": len(part),
-                "accuracy": float((distance == 0).mean()),
-                "within_one": float((distance <= 1).mean()),
+                "accuracy": exact_accuracy(predicted_part, truth),
+                "within_one": within_one(predicted_part, truth),
             }
         )
     return pd.DataFrame(rows, columns=[column, "images", "accuracy", "within_one"])
@@ -130,11 +130,11 @@ def evaluate(
         Flat metrics (for DVC and MLflow) and named tables (for plots and artifacts).
     """
     groups = table["age_group"].to_numpy()
-    predicted, expected_age = decode_probabilities(probabilities, neighbour_weight)
+    predicted, _ = decode_probabilities(probabilities, neighbour_weight)
     metrics = classification_metrics(groups, probabilities, table["age"].to_numpy(), neighbour_weight)
-    argmax_distance = np.abs(np.asarray(probabilities).argmax(axis=1) - groups)
-    metrics["argmax_accuracy"] = float((argmax_distance == 0).mean())
-    metrics["argmax_within_one"] = float((argmax_distance <= 1).mean())
+    most_likely = np.asarray(probabilities).argmax(axis=1)
+    metrics["argmax_accuracy"] = exact_accuracy(most_likely, groups)
+    metrics["argmax_within_one"] = within_one(most_likely, groups)
     tables = {
         "confusion": pd.DataFrame(
             {"actual": [GROUP_NAMES[g] for g in groups], "predicted": [GROUP_NAMES[p] for p in predicted]}
@@ -151,6 +151,17 @@ def evaluate(
     return metrics, tables
 
 
+def summary_line(results: dict[str, dict], reports: Path) -> str:
+    """The evaluate stage's one-paragraph summary of its validation and test metrics."""
+    test = results["test"]
+    return (
+        f"evaluate: test split {test['n']} images: accuracy {test['accuracy']:.3f}, within one group "
+        f"{test['within_one']:.3f}, MAE {test['mae_years']:.1f} years, macro-F1 {test['macro_f1']:.3f}, "
+        f"ECE {test['ece']:.3f}, ethnicity gap {test.get('ethnicity_accuracy_gap', 0):.3f} "
+        f"(validation accuracy {results['val']['accuracy']:.3f}); report in {reports}."
+    )
+
+
 def worst_mistakes(
     table: pd.DataFrame, probabilities: np.ndarray, count: int = 16, neighbour_weight: float = 0.0
 ) -> pd.DataFrame:
@@ -160,7 +171,7 @@ def worst_mistakes(
         predicted=predicted,
         expected_age=expected_age,
         confidence=np.asarray(probabilities)[np.arange(len(predicted)), predicted],  # the answer's
-        distance=np.abs(predicted - table["age_group"].to_numpy()),
+        distance=group_distance(predicted, table["age_group"].to_numpy()),
     )
     wrong = frame[frame["distance"] > 0]
     return wrong.sort_values(["distance", "confidence"], ascending=False).head(count)
@@ -174,12 +185,17 @@ def plot_report(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    return [
+        write_png(_confusion_figure(plt, tables["confusion"]), out_dir / "confusion_matrix.png"),
+        write_png(_calibration_figure(plt, tables["calibration"]), out_dir / "calibration.png"),
+        write_png(_mistakes_figure(plt, mistakes, images_dir), out_dir / "worst_mistakes.png"),
+    ]
 
-    matrix = pd.crosstab(tables["confusion"]["actual"], tables["confusion"]["predicted"]).reindex(
+
+def _confusion_figure(plt, confusion_table: pd.DataFrame):
+    matrix = pd.crosstab(confusion_table["actual"], confusion_table["predicted"]).reindex(
         index=list(GROUP_NAMES), columns=list(GROUP_NAMES), fill_value=0
     )
     figure, axis = plt.subplots(figsize=(8, 7))
@@ -201,17 +217,22 @@ def plot_report(
     axis.set_ylabel("actual")
     axis.set_title("Confusion matrix (colour: share of the actual group)")
     figure.tight_layout()
-    written.append(write_png(figure, out_dir / "confusion_matrix.png"))
+    return figure
 
+
+def _calibration_figure(plt, calibration: pd.DataFrame):
     figure, axis = plt.subplots(figsize=(5, 5))
-    calibration = tables["calibration"]
     axis.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
     axis.plot(calibration["confidence"], calibration["accuracy"], "o-", label="model")
     axis.set_xlabel("confidence")
     axis.set_ylabel("accuracy")
     axis.set_title("Reliability")
     axis.legend()
-    written.append(write_png(figure, out_dir / "calibration.png"))
+    return figure
+
+
+def _mistakes_figure(plt, mistakes: pd.DataFrame, images_dir: Path):
+    from PIL import Image
 
     columns = 4
     rows = max(1, int(np.ceil(len(mistakes) / columns)))
@@ -227,8 +248,7 @@ def plot_report(
         )
     figure.suptitle("Most confident mistakes")
     figure.tight_layout()
-    written.append(write_png(figure, out_dir / "worst_mistakes.png"))
-    return written
+    return figure
 
 
 def plot_curves(history: pd.DataFrame, path: Path) -> Path:

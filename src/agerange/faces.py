@@ -11,9 +11,11 @@ import with NumPy 2, and the decoding below is a few vectorised lines. It runs i
 on a 2-core CPU where MTCNN takes 200-300 ms (bench/predict_latency.py compares them).
 """
 
+import functools
 import hashlib
 import importlib.util
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,13 +115,8 @@ def _anchors(input_size: int, strides: tuple[int, ...]) -> np.ndarray:
 class FaceDetector:
     """BlazeFace on TensorFlow Lite: `detector(image)` lists the faces in a PIL RGB image."""
 
-    def __init__(
-        self,
-        name: str = "blazeface_short",
-        model_path: Path | None = None,
-        min_score: float = 0.6,
-        threads: int = 2,
-    ) -> None:
+    def __init__(self, name: str, min_score: float, model_path: Path | None = None, threads: int = 2) -> None:
+        """`name` and `min_score` are `package.detector` and `package.min_detector_score`."""
         if name not in DETECTORS:
             raise DetectorError(f"unknown face detector '{name}' (valid: {', '.join(DETECTORS)})")
         filename, self.input_size, strides, expected_sha256 = DETECTORS[name]
@@ -318,14 +315,18 @@ def align_face(image: Image.Image, face: Face, size: int = CHIP_SIZE) -> Image.I
     )
 
 
-def realign_chips(chips: np.ndarray, detector: FaceDetector | None = None) -> tuple[np.ndarray, int]:
+def chip_recut(detector_name: str, min_score: float) -> Callable[[np.ndarray], tuple[np.ndarray, int]]:
+    """`realign_chips` with the detector predict uses (`package.detector`), for training's re-cut."""
+    return functools.partial(realign_chips, detector=FaceDetector(detector_name, min_score=min_score))
+
+
+def realign_chips(chips: np.ndarray, detector: FaceDetector) -> tuple[np.ndarray, int]:
     """Face chips re-cut the way inference cuts a face out of a photo: detect, then `align_face`.
 
     Training on these as well as on the originals teaches the model the small turns, shifts and
     scale changes that the detector's keypoints put into every chip at inference. A chip with no
     face found is kept as it is. Returns the chips (same shape) and how many were re-cut.
     """
-    detector = detector or FaceDetector()
     realigned, recut = chips.copy(), 0
     for index, chip in enumerate(chips):
         image = Image.fromarray(chip)

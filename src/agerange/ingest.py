@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from agerange.labels import LabelError, age_to_group, parse_label
+from agerange.preprocess import decode_failure
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def describe_image(path: Path) -> dict:
             image.draft("RGB", (QUALITY_SIZE, QUALITY_SIZE))
             pixels = image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"{path.name}: corrupt or truncated image ({error})") from error
+        raise ValueError(f"{path.name}: {decode_failure(error, data)}") from error
     if pixels.size != (QUALITY_SIZE, QUALITY_SIZE):
         pixels = pixels.resize((QUALITY_SIZE, QUALITY_SIZE), Image.Resampling.BILINEAR)
     rgb = np.asarray(pixels, dtype=np.float32) / 255.0

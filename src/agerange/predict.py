@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from agerange import metrics
+from agerange.config import PackageConfig, build
 from agerange.faces import CHIP_SIZE, DETECTORS, Face, FaceDetector, align_face, select_faces
 from agerange.inference import decode_probabilities, group_name
 from agerange.preprocess import ImageError, chip_pixels, read_image
@@ -114,42 +116,41 @@ class AgePredictor:
     """Photo in, one `FacePrediction` per usable face out."""
 
     def __init__(
-        self,
-        classifier: Classifier,
-        info: dict[str, Any],
-        detector: FaceDetector,
-        min_face_pixels: int = 32,
-        flip: bool = True,
-        neighbour_weight: float = 0.0,
+        self, classifier: Classifier, info: dict[str, Any], detector: FaceDetector, settings: PackageConfig
     ) -> None:
         self.classifier = classifier
         self.info = info
         self.detector = detector
-        self.min_face_pixels = min_face_pixels
-        self.flip = flip
-        self.neighbour_weight = neighbour_weight  # the decision rule (inference.decide_groups)
+        self.min_face_pixels = settings.min_face_pixels
+        self.flip = settings.flip
+        self.neighbour_weight = settings.neighbour_weight  # the decision rule (inference.decide_groups)
         self.image_size = int(info["image_size"])
         # the TFLite interpreters keep state between calls: servers may call from several threads
         self._lock = threading.Lock()
 
     @classmethod
-    def from_directory(cls, folder: Path, **settings: Any) -> "AgePredictor":
-        """Load from a packaged model folder (a served model's `artifacts/` or the package stage's output)."""
+    def from_directory(cls, folder: Path, **overrides: Any) -> "AgePredictor":
+        """Load from a packaged model folder (a served model's `artifacts/` or the package stage's output).
+
+        The model's own `package` settings (saved at package time) apply, with `overrides` on top;
+        a setting missing from both takes `PackageConfig`'s default.
+        """
         folder = Path(folder)
         if (folder / "artifacts").is_dir():
             folder = folder / "artifacts"
         if not (folder / INFO_FILE).is_file():
             raise FileNotFoundError(f"{folder}: not a packaged agerange model (no {INFO_FILE})")
         info = json.loads((folder / INFO_FILE).read_text())
-        predict_settings = {**info.get("predict", {}), **settings}
-        detector_name = predict_settings.pop("detector", "blazeface_short")
-        shipped = folder / DETECTORS[detector_name][0] if detector_name in DETECTORS else None
-        detector = FaceDetector(
-            detector_name,
-            model_path=shipped if shipped is not None and shipped.is_file() else None,
-            min_score=predict_settings.pop("min_detector_score", 0.6),
+        settings = build(
+            PackageConfig, {**info.get("predict", {}), **overrides}, f"{folder / INFO_FILE}: predict"
         )
-        return cls(Classifier(folder / CLASSIFIER_FILE), info, detector, **predict_settings)
+        shipped = folder / DETECTORS[settings.detector][0] if settings.detector in DETECTORS else None
+        detector = FaceDetector(
+            settings.detector,
+            model_path=shipped if shipped is not None and shipped.is_file() else None,
+            min_score=settings.min_detector_score,
+        )
+        return cls(Classifier(folder / CLASSIFIER_FILE), info, detector, settings)
 
     def face_chips(self, image: Image.Image) -> tuple[list[Face], list[str], np.ndarray]:
         """Usable faces (largest first), reasons for the skipped ones, and their model-size chips."""
@@ -205,13 +206,12 @@ def load_predictor(model: str, store: Path = Path("mlruns"), **settings: Any) ->
     """An AgePredictor from a registry or run URI (`models:/agerange@champion`, `runs:/ID/serving_model`)
     or from a packaged model folder (the package stage's `data/serving`)."""
     if model.startswith(("models:/", "runs:/")):
-        from agerange import tracking
+        # imported here: MLflow takes seconds to import, and a packaged folder needs none of it
+        from agerange import registry, tracking
 
-        if not (Path(store) / tracking.STORE_FILE).is_file():
-            raise FileNotFoundError(f"{store}: no MLflow tracking store here (run `dvc repro` first)")
-        tracking.use_store(Path(store))
+        tracking.open_store(Path(store))
         try:
-            folder = tracking.download_model(model)
+            folder = registry.download_model(model)
         except Exception as error:  # MLflow raises its own types for unknown models and aliases
             raise FileNotFoundError(
                 f"{model}: cannot load this model ({str(error).splitlines()[0]})"
@@ -226,16 +226,15 @@ def predict_path_metrics(predictor: AgePredictor, photos: list[Path], groups: np
     The largest face of each photo is its answer; a photo with no face found counts as wrong,
     as it would for a user. Returns accuracy, within_one, faces_found (shares) and n.
     """
-    predicted = np.full(len(photos), -100)
+    predicted = np.full(len(photos), metrics.NO_ANSWER)
     for index, photo in enumerate(photos):
         result = predictor.predict_file(photo)
         if result.faces:
             predicted[index] = result.faces[0].group_index
-    distance = np.abs(predicted - np.asarray(groups))
     return {
-        "accuracy": float((distance == 0).mean()),
-        "within_one": float((distance <= 1).mean()),
-        "faces_found": float((predicted >= 0).mean()),
+        "accuracy": metrics.exact_accuracy(predicted, groups),
+        "within_one": metrics.within_one(predicted, groups),
+        "faces_found": float((predicted != metrics.NO_ANSWER).mean()),
         "n": len(photos),
     }
 

@@ -6,6 +6,7 @@ model takes the uint8 RGB chips this module produces.
 
 import io
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 50_000_000  # larger photos are refused rather than decoded (decompression bombs)
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>")
 
 
 class ImageError(ValueError):
@@ -26,9 +28,10 @@ def read_image(source: Path | bytes, name: str | None = None) -> Image.Image:
     Greyscale, CMYK, palette and alpha images are converted to RGB (alpha over black).
 
     Raises:
-        ImageError: one line naming the file: corrupt, truncated, not an image, or too large.
+        ImageError: one line naming the file and the reason in words (`decode_failure`).
     """
     label = name or (str(source) if isinstance(source, Path) else "image")
+    data = None
     try:
         data = source.read_bytes() if isinstance(source, Path) else source
         image = Image.open(io.BytesIO(data))
@@ -42,8 +45,28 @@ def read_image(source: Path | bytes, name: str | None = None) -> Image.Image:
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageError(f"{label}: corrupt, truncated or not an image ({error})") from error
+        raise ImageError(f"{label}: {decode_failure(error, data)}") from error
     return to_rgb(image)
+
+
+def decode_failure(error: BaseException, data: bytes | None = None) -> str:
+    """Why a file could not be read or decoded, in words, for a one-line message after its name.
+
+    PIL's own messages name the in-memory buffer (`<_io.BytesIO object at 0x...>`), not the file,
+    so they are replaced by a reason a user can act on; `data`, when known, tells an empty file.
+    """
+    text = _OBJECT_REPR.sub("", str(error)).strip()
+    if isinstance(error, Image.DecompressionBombError):
+        return f"image too large ({text})"
+    if isinstance(error, UnidentifiedImageError):
+        if data is not None and not data:
+            return "empty file (0 bytes)"
+        return "not an image or corrupt (the bytes are not a format PIL can read)"
+    if isinstance(error, OSError) and error.errno is not None:
+        return f"cannot read the file ({error.strerror or text})"
+    if "truncated" in text.lower():
+        return "truncated (the file ends before the image data does)"
+    return f"corrupt ({text})" if text else "corrupt"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

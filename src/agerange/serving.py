@@ -2,17 +2,41 @@
 
 `export_classifier` writes a TFLite file with two outputs (group probabilities and the
 penultimate-layer embedding). `AgeRangeModel` is the pyfunc that `mlflow models serve` runs:
-it takes a DataFrame with an `image` column of photo bytes and returns one row per face. The
-package stage saves and logs it (tracking.save_serving_model); the register stage registers it.
+it takes a DataFrame with an `image` column of photo bytes and returns one row per face.
+`save_serving_model` writes that pyfunc folder; the package stage logs it to the training run
+(tracking.log_serving_model) and the register stage registers it.
 """
 
+import base64
+import dataclasses
 import io
+import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow.pyfunc
+import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
+from mlflow.types import ColSpec, DataType, Schema
+from PIL import Image
+
+import agerange
+from agerange.config import PackageConfig
+from agerange.faces import packaged_detector_path
+from agerange.files import atomic_path
+from agerange.predict import (
+    CLASSIFIER_FILE,
+    INFO_FILE,
+    AgePredictor,
+    Classifier,
+    predict_path_metrics,
+    result_rows,
+)
+from agerange.provenance import pinned
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +62,6 @@ def export_classifier(model, path: Path) -> Path:
     import keras
     import tensorflow as tf
 
-    from agerange.files import atomic_path
-
     two_outputs = keras.Model(model.inputs, [model.output, model.get_layer("features").output])
     converter = tf.lite.TFLiteConverter.from_keras_model(two_outputs)
     # the converter prints every captured tensor to stdout; keep the stage log readable
@@ -50,21 +72,12 @@ def export_classifier(model, path: Path) -> Path:
     return Path(path)
 
 
-def package(model, info: dict[str, Any], out: Path, predict_settings: dict[str, Any]) -> float:
+def package(model, info: dict[str, Any], out: Path, settings: PackageConfig) -> float:
     """Export `model`, check the export agrees with it, and save the pyfunc folder at `out`.
 
     Returns the largest probability difference between the TFLite export and Keras.
     """
-    import json
-    import tempfile
-
-    import numpy as np
-
-    from agerange import tracking
-    from agerange.faces import packaged_detector_path
-    from agerange.predict import CLASSIFIER_FILE, INFO_FILE, Classifier
-
-    info = {**info, "predict": predict_settings}
+    info = {**info, "predict": dataclasses.asdict(settings)}  # the model carries its own settings
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         export_classifier(model, scratch / CLASSIFIER_FILE)
@@ -76,21 +89,64 @@ def package(model, info: dict[str, Any], out: Path, predict_settings: dict[str, 
         if gap > 1e-3:
             raise ValueError(f"{CLASSIFIER_FILE}: TFLite export differs from the Keras model by {gap:.4f}")
         # the detector's model file travels with the model, so serving needs no other package for it
-        detector = packaged_detector_path(predict_settings.get("detector", "blazeface_short"))
+        detector = packaged_detector_path(settings.detector)
         artifacts = {
             "classifier": scratch / CLASSIFIER_FILE,
             "model_info": scratch / INFO_FILE,
             "detector": detector,
         }
-        tracking.save_serving_model(out, artifacts, info)
+        save_serving_model(out, artifacts, info)
     return gap
+
+
+def save_serving_model(folder: Path, artifacts: dict[str, Path], info: dict[str, Any]) -> Path:
+    """Save the pyfunc that `mlflow models serve` runs (photo bytes in, one row per face out).
+
+    The agerange package travels inside the model (code_paths), so serving needs no checkout.
+    The folder is replaced atomically.
+    """
+    kinds = {
+        "photo": DataType.long,
+        "face": DataType.long,
+        "age_group": DataType.string,
+        "error": DataType.string,
+    }
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(DataType.binary, "image")]),
+        outputs=Schema([ColSpec(kinds.get(name, DataType.double), name) for name in OUTPUT_COLUMNS]),
+    )
+    blank = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(blank, format="PNG")
+    with atomic_path(Path(folder)) as temporary:
+        mlflow.pyfunc.save_model(
+            path=str(temporary),
+            python_model=AgeRangeModel(),
+            artifacts={name: str(path) for name, path in artifacts.items()},
+            code_paths=[str(Path(agerange.__file__).parent)],
+            signature=signature,
+            input_example=pd.DataFrame({"image": [blank.getvalue()]}),
+            metadata={"agerange": info},
+            # LiteRT runs both models: no TensorFlow in the serving environment
+            pip_requirements=pinned("ai-edge-litert", "numpy", "pillow", "pandas", "mlflow"),
+        )
+    return Path(folder)
+
+
+def predict_path_report(folder: Path, splits: pd.DataFrame, images: Path) -> dict[str, dict[str, float]]:
+    """The packaged model measured the way users meet it: every validation and test chip through
+    the whole predict path (face detection, alignment, TFLite classifier), per split."""
+    predictor = AgePredictor.from_directory(folder)
+    results = {}
+    for side in ("val", "test"):
+        rows = splits[splits["split"] == side]
+        photos = [images / path for path in rows["path"]]
+        results[side] = predict_path_metrics(predictor, photos, rows["age_group"].to_numpy())
+    return results
 
 
 def predictions_table(results: list[Any]) -> pd.DataFrame:
     """One row per face (photo index, box, group, probability, expected age); a photo without a
     usable face gives one row with face -1 and `error` saying why, so no photo goes missing."""
-    from agerange.predict import result_rows
-
     rows = result_rows(results, photo_ids=range(len(results)))
     table = pd.DataFrame(rows, columns=[*OUTPUT_COLUMNS, "note"])
     no_face = table["face"].isna()
@@ -107,16 +163,12 @@ class AgeRangeModel(PythonModel):
     """
 
     def load_context(self, context) -> None:
-        from agerange.predict import AgePredictor
-
         self.predictor = AgePredictor.from_directory(Path(context.artifacts["model_info"]).parent)
 
     def predict(self, context, model_input, params=None):
         results = []
         for index, data in enumerate(model_input["image"]):
             if isinstance(data, str):  # `inputs`-style requests are not base64-decoded by the server
-                import base64
-
                 data = base64.b64decode(data)
             results.append(self.predictor.predict_file(bytes(data), name=f"image {index}"))
         return predictions_table(results)

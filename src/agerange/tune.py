@@ -8,6 +8,7 @@ finished trials are kept, and a trial whose worker died is marked failed and ret
 """
 
 import contextlib
+import dataclasses
 import logging
 import random
 import shutil
@@ -20,8 +21,10 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from agerange.config import RebalanceConfig, TrainConfig, TuneSpace, resolve
 from agerange.rebalance import rebalance
-from agerange.train import SplitData, train
+from agerange.training import FeatureCache, SplitData, TrainData, TrainOptions, train
+from agerange.training.feature_cache import Recut
 
 log = logging.getLogger(__name__)
 
@@ -91,52 +94,48 @@ def open_study(
     raise AssertionError("unreachable")
 
 
-def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, space: TuneSpace) -> dict[str, Any]:
     """One point of the search space (params.yaml `tune.space`)."""
-    backbone = trial.suggest_categorical("backbone", space["backbone"])
-    low, high = space["unfreeze_layers"][backbone]
+    backbone = trial.suggest_categorical("backbone", space.backbone)
+    low, high = space.unfreeze_layers[backbone]
     return {
         "backbone": backbone,
         "unfreeze_layers": trial.suggest_int("unfreeze_layers", low, high),
-        "head_learning_rate": trial.suggest_float(
-            "head_learning_rate", *space["head_learning_rate"], log=True
-        ),
+        "head_learning_rate": trial.suggest_float("head_learning_rate", *space.head_learning_rate, log=True),
         "finetune_learning_rate": trial.suggest_float(
-            "finetune_learning_rate", *space["finetune_learning_rate"], log=True
+            "finetune_learning_rate", *space.finetune_learning_rate, log=True
         ),
-        "dropout": trial.suggest_float("dropout", *space["dropout"]),
-        "rebalance_strategy": trial.suggest_categorical("rebalance_strategy", space["rebalance_strategy"]),
+        "dropout": trial.suggest_float("dropout", *space.dropout),
+        "rebalance_strategy": trial.suggest_categorical("rebalance_strategy", space.rebalance_strategy),
     }
 
 
-def baseline_params(
-    space: dict[str, Any], train_params: dict[str, Any], strategy: str
-) -> dict[str, Any] | None:
+def baseline_params(space: TuneSpace, train: TrainConfig, strategy: str) -> dict[str, Any] | None:
     """params.yaml's own configuration as a point of the space, or None when it lies outside it.
 
     Queued as the first trial of a new study, so the study's best (which the train stage
     uses) is never worse on validation than training with params.yaml's values.
     """
     point = {
-        key: train_params[key]
+        key: getattr(train, key)
         for key in ("backbone", "unfreeze_layers", "head_learning_rate", "finetune_learning_rate", "dropout")
     }
     point["rebalance_strategy"] = strategy
-    low, high = space["unfreeze_layers"].get(point["backbone"], (None, None))
+    low, high = space.unfreeze_layers.get(point["backbone"], (None, None))
     inside = (
-        point["backbone"] in space["backbone"]
+        point["backbone"] in space.backbone
         and low is not None and low <= point["unfreeze_layers"] <= high
-        and all(space[key][0] <= point[key] <= space[key][1]
+        and all(getattr(space, key)[0] <= point[key] <= getattr(space, key)[1]
                 for key in ("head_learning_rate", "finetune_learning_rate", "dropout"))
-        and strategy in space["rebalance_strategy"]
+        and strategy in space.rebalance_strategy
     )  # fmt: skip
     return point if inside else None
 
 
-def training_rows(train_split: SplitData, strategy: str, max_per_group: int | None, seed: int) -> SplitData:
+def training_rows(train_split: SplitData, settings: RebalanceConfig) -> SplitData:
     """Rebalance the (already decoded) training split without decoding anything again."""
     table = train_split.table.assign(_row=np.arange(len(train_split.table)))
-    balanced = rebalance(table, strategy, max_per_group, seed)
+    balanced = rebalance(table, settings.strategy, settings.max_per_group, settings.seed)
     rows = balanced["_row"].to_numpy()
     return SplitData(
         train_split.chips[rows],
@@ -149,34 +148,37 @@ def training_rows(train_split: SplitData, strategy: str, max_per_group: int | No
 def make_objective(
     train_split: SplitData,
     val: SplitData,
-    space: dict[str, Any],
-    base: dict[str, Any],
-    rebalance_params: dict[str, Any],
+    space: TuneSpace,
+    base: TrainConfig,
+    base_rebalance: RebalanceConfig,
     checkpoint_root: Path,
     run_trial: Callable,
+    recut: Recut | None = None,
+    jit: bool = False,
 ) -> Callable[[optuna.Trial], float]:
     """The objective: train one configuration, report each epoch, return the best validation accuracy.
 
     Args:
         train_split, val: decoded once, before the study starts.
         space: the search space.
-        base: the train section of params.yaml (everything not tuned).
-        rebalance_params: `max_per_group` and `seed` of the rebalance section.
+        base, base_rebalance: params.yaml's train and rebalance settings (everything not tuned).
         checkpoint_root: per-trial checkpoint folders live under it.
         run_trial: context manager factory (trial number, params) -> hook, provided by the
             entry point (it opens a nested MLflow run); the hook receives each epoch's metrics.
+        recut: the re-cut function for `train.realign` (see `training.feature_cache.Recut`).
+        jit: compile with XLA (on a GPU, as the train stage does).
     """
-    feature_cache: dict = {}
-    deepest = {name: high for name, (_, high) in space["unfreeze_layers"].items()}
+    feature_cache = FeatureCache()
+    deepest = {name: high for name, (_, high) in space.unfreeze_layers.items()}
 
     def objective(trial: optuna.Trial) -> float:
         import keras
 
         keras.backend.clear_session()  # one graph per trial, or memory grows with every trial
         chosen = suggest(trial, space)
-        rows = training_rows(train_split, chosen["rebalance_strategy"], rebalance_params["max_per_group"],
-                             rebalance_params["seed"])  # fmt: skip
-        settings = {**base, **{k: v for k, v in chosen.items() if k in base}}
+        # the same function builds the train stage's configuration from the study's best
+        resolved = resolve(base, base_rebalance, chosen)
+        rows = training_rows(train_split, resolved.rebalance)
         checkpoint_dir = checkpoint_root / f"trial_{trial.number}"
         with run_trial(trial.number, chosen) as log_epoch, _removed_when_done(checkpoint_dir):
 
@@ -186,21 +188,15 @@ def make_objective(
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-            result = train(
-                rows, val, None,
-                backbone=settings["backbone"], image_size=settings["image_size"],
-                weights_dir=Path(settings["weights_dir"]), weights_sha256=settings.get("weights_sha256"),
-                unfreeze_layers=settings["unfreeze_layers"], dropout=settings["dropout"],
-                head_learning_rate=settings["head_learning_rate"],
-                finetune_learning_rate=settings["finetune_learning_rate"],
-                head_epochs=settings["head_epochs"], finetune_epochs=settings["finetune_epochs"],
-                patience=settings["patience"], batch_size=settings["batch_size"],
-                neighbour_smoothing=settings["neighbour_smoothing"], augment=False, seed=settings["seed"],
-                checkpoint_dir=checkpoint_dir, on_epoch=on_epoch,
-                feature_cache=feature_cache, cache_unfreeze_layers=deepest.get(settings["backbone"]),
-                realign=settings.get("realign", False), weight_soup=settings.get("weight_soup", False),
-                age_sigma=settings.get("age_sigma", 0.0), pooled_head=True,
+            options = TrainOptions(
+                checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, jit=jit, recut=recut,
+                feature_cache=feature_cache, cache_unfreeze_layers=deepest.get(resolved.train.backbone),
+                pooled_head=True,
+                label=f"trial {trial.number}",
             )  # fmt: skip
+            # a trial trains one model with one fine-tuning run (the train stage may do more)
+            config = dataclasses.replace(resolved.train, ensemble_members=1, finetune_runs=1)
+            result = train(config, TrainData(rows, val), options)
         return result.best_val_accuracy
 
     return objective

@@ -32,74 +32,76 @@ def one_line(message: str) -> str:
     return " ".join(message.split())
 
 
+class PredictHandler(BaseHTTPRequestHandler):
+    """GET / is the page; POST /predict takes a photo's bytes and answers with its faces as JSON."""
+
+    server_version = "agerange"
+    predictor: AgePredictor  # these three are set by `make_server` on a subclass
+    page: bytes
+    lock: threading.Lock
+
+    def send_json(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if urlsplit(self.path).path not in ("/", "/index.html"):
+            self.send_json(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: not found"})
+            return
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(self.page)))
+        self.end_headers()
+        self.wfile.write(self.page)
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        if url.path != "/predict":
+            self.send_json(HTTPStatus.NOT_FOUND, {"error": f"{url.path}: not found"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self.send_json(HTTPStatus.LENGTH_REQUIRED, {"error": "send the photo with a Content-Length"})
+            return
+        if length > MAX_BODY_BYTES:
+            # the body stays unread, so this connection cannot carry another request
+            self.close_connection = True
+            limit = MAX_BODY_BYTES // (1024 * 1024)
+            self.send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"photo larger than {limit} MB"})
+            return
+        body = self.rfile.read(length) if length > 0 else b""
+        if not body:
+            self.send_json(HTTPStatus.BAD_REQUEST, {"error": "empty request: send the photo's bytes"})
+            return
+        name = parse_qs(url.query).get("name", ["photo"])[0][-200:] or "photo"
+        try:
+            with self.lock:
+                result = self.predictor.predict_file(body, name=name)
+        except Exception as error:  # keep serving the next photo; the log has the traceback
+            log.exception("prediction failed for %s", name)
+            self.send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": one_line(f"{name}: {error}")})
+            return
+        if result.error:
+            self.send_json(HTTPStatus.BAD_REQUEST, {"error": one_line(result.error)})
+            return
+        self.send_json(HTTPStatus.OK, result.as_dict())
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # through logging rather than raw stderr, so the CLI's log level applies
+        log.info("%s %s", self.address_string(), format % args)
+
+
 def make_server(predictor: AgePredictor, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
     """An HTTP server answering the page and /predict; port 0 picks a free port (see `server_address`)."""
-    page = page_html()
     # the TFLite interpreter and the face detector keep state between calls: one photo at a time
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "agerange"
-
-        def send_json(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            if urlsplit(self.path).path not in ("/", "/index.html"):
-                self.send_json(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: not found"})
-                return
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-
-        def do_POST(self) -> None:
-            url = urlsplit(self.path)
-            if url.path != "/predict":
-                self.send_json(HTTPStatus.NOT_FOUND, {"error": f"{url.path}: not found"})
-                return
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self.send_json(HTTPStatus.LENGTH_REQUIRED, {"error": "send the photo with a Content-Length"})
-                return
-            if length > MAX_BODY_BYTES:
-                # the body stays unread, so this connection cannot carry another request
-                self.close_connection = True
-                limit = MAX_BODY_BYTES // (1024 * 1024)
-                self.send_json(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"photo larger than {limit} MB"}
-                )
-                return
-            body = self.rfile.read(length) if length > 0 else b""
-            if not body:
-                self.send_json(HTTPStatus.BAD_REQUEST, {"error": "empty request: send the photo's bytes"})
-                return
-            name = parse_qs(url.query).get("name", ["photo"])[0][-200:] or "photo"
-            try:
-                with lock:
-                    result = predictor.predict_file(body, name=name)
-            except Exception as error:  # keep serving the next photo; the log has the traceback
-                log.exception("prediction failed for %s", name)
-                self.send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": one_line(f"{name}: {error}")})
-                return
-            if result.error:
-                self.send_json(HTTPStatus.BAD_REQUEST, {"error": one_line(result.error)})
-                return
-            self.send_json(HTTPStatus.OK, result.as_dict())
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # through logging rather than raw stderr, so the CLI's log level applies
-            log.info("%s %s", self.address_string(), format % args)
-
-    return ThreadingHTTPServer((host, port), Handler)
+    settings = {"predictor": predictor, "page": page_html(), "lock": threading.Lock()}
+    return ThreadingHTTPServer((host, port), type("Handler", (PredictHandler,), settings))
 
 
 def serve_web(predictor: AgePredictor, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -110,8 +110,33 @@ def test_ingest_quarantines_each_bad_file_with_one_reason_and_keeps_the_rest(tmp
 def test_truncated_jpeg_is_reported_as_corrupt(tmp_path):
     path = tmp_path / "20_0_0_1.jpg.chip.jpg"
     path.write_bytes(jpeg_bytes(size=64, seed=5)[:-200])
-    with pytest.raises(ValueError, match=r"20_0_0_1\.jpg\.chip\.jpg: corrupt or truncated image"):
+    with pytest.raises(ValueError, match=r"^20_0_0_1\.jpg\.chip\.jpg: truncated \(the file ends"):
         describe_image(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("notes.jpg", b"this is not an image", "not an image or corrupt"),
+        ("empty.jpg", b"", "empty file (0 bytes)"),
+        ("half.jpg", jpeg_bytes(size=64, seed=5)[:300], "truncated"),
+    ],
+)
+def test_unreadable_files_are_named_with_a_reason_in_words_not_a_python_object(tmp_path, name, data, reason):
+    """PIL's own message names an in-memory buffer (`<_io.BytesIO object at 0x7f...>`)."""
+    from agerange.preprocess import ImageError, read_image
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as ingest_error:
+        describe_image(path)
+    with pytest.raises(ImageError) as predict_error:
+        read_image(path, name)
+    with pytest.raises(ImageError) as bytes_error:
+        read_image(data, name)  # the served model and the web page pass bytes
+    for message in (str(ingest_error.value), str(predict_error.value), str(bytes_error.value)):
+        assert message.startswith(f"{name}: {reason}"), message
+        assert "<_io." not in message and "object at 0x" not in message and "\n" not in message
 
 
 def test_describe_image_measures_size_mode_and_quality(tmp_path):

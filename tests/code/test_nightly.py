@@ -43,22 +43,25 @@ def test_a_failing_step_exits_non_zero_and_leaves_a_log(tmp_path):
 
 
 def test_params_yaml_configuration_is_the_baseline_trial_when_inside_the_space():
-    import yaml
+    import dataclasses
 
+    from agerange.config import load_section
     from agerange.tune import baseline_params
 
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    point = baseline_params(params["tune"]["space"], params["train"], params["rebalance"]["strategy"])
+    params = PROJECT_ROOT / "params.yaml"
+    space, train = load_section("tune", params).space, load_section("train", params)
+    strategy = load_section("rebalance", params).strategy
+    point = baseline_params(space, train, strategy)
     assert point == {
-        "backbone": params["train"]["backbone"],
-        "unfreeze_layers": params["train"]["unfreeze_layers"],
-        "head_learning_rate": params["train"]["head_learning_rate"],
-        "finetune_learning_rate": params["train"]["finetune_learning_rate"],
-        "dropout": params["train"]["dropout"],
-        "rebalance_strategy": params["rebalance"]["strategy"],
+        "backbone": train.backbone,
+        "unfreeze_layers": train.unfreeze_layers,
+        "head_learning_rate": train.head_learning_rate,
+        "finetune_learning_rate": train.finetune_learning_rate,
+        "dropout": train.dropout,
+        "rebalance_strategy": strategy,
     }
-    outside = {**params["train"], "dropout": 0.99}
-    assert baseline_params(params["tune"]["space"], outside, params["rebalance"]["strategy"]) is None
+    outside = dataclasses.replace(train, dropout=0.99)
+    assert baseline_params(space, outside, strategy) is None
 
 
 def test_steps_run_with_this_interpreter_first_on_path(tmp_path):

@@ -21,8 +21,13 @@ def test_three_trial_sweep_trains_the_best_and_registers_it(sweep_repo):
     set_params(sweep_repo, tune={"n_trials": 3})
     result = _dvc("repro", "register", cwd=sweep_repo)
     assert "tune: study 'agerange' has 3 finished trials" in result.stdout
-    best = json.loads((sweep_repo / "data/reports/tune/best_params.json").read_text())
+    best = json.loads((sweep_repo / "data/reports/tune/best.json").read_text())
     assert best["trials"] == 3 and set(best["params"]) == set(TINY_SPACE)
+    # the resolved configuration that rebalance and train read is params.yaml's with the best applied
+    resolved = json.loads((sweep_repo / "data/training.json").read_text())
+    assert resolved["tuned"] == best["params"]
+    assert resolved["train"]["dropout"] == best["params"]["dropout"]
+    assert resolved["rebalance"]["strategy"] == best["params"]["rebalance_strategy"]
     assert "using the tuned params" in result.stderr
     # ended trials (complete or pruned) leave no checkpoints or weight-soup snapshots behind
     assert not list((sweep_repo / "data/checkpoints/tune").glob("trial_*"))

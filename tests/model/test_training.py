@@ -1,23 +1,29 @@
 """Smoke training on the mini set at a tiny image size: the real code path, two phases, fast."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from agerange.config import TrainConfig, load_section
 from agerange.inference import predict_probabilities
-from agerange.train import load_split, soft_labels, train
+from agerange.training import FeatureCache, TrainData, TrainOptions, load_split, train
+from agerange.training.data import soft_labels
 from tests.conftest import PROJECT_ROOT
 
 WEIGHTS = PROJECT_ROOT.parent / "shared" / "weights"
 pytestmark = pytest.mark.slow
 
 
-def _tiny_settings(size: int, **changes) -> dict:
-    """train() settings of the small two-phase runs below, with `changes` on top."""
-    return dict(
-        backbone="mobilenet_v2", image_size=size, weights_dir=WEIGHTS, unfreeze_layers=20, dropout=0.1,
+def _tiny_config(size: int, **changes) -> TrainConfig:
+    """The settings of the small two-phase runs below (params.yaml's, made tiny), `changes` on top."""
+    tiny = dict(
+        backbone="mobilenet_v2", image_size=size, weights_dir=str(WEIGHTS), unfreeze_layers=20, dropout=0.1,
         head_learning_rate=3e-3, finetune_learning_rate=3e-4, patience=5, batch_size=32,
-        neighbour_smoothing=0.1, augment=False, seed=1, **changes,
+        neighbour_smoothing=0.1, age_sigma=0.0, realign=False, weight_soup=False, finetune_runs=1,
+        ensemble_members=1, seed=1,
     )  # fmt: skip
+    return dataclasses.replace(load_section("train", PROJECT_ROOT / "params.yaml"), **{**tiny, **changes})
 
 
 def _cut_model(size: int, unfreeze_layers: int):
@@ -53,14 +59,16 @@ def mini_splits(mini_ingested):
 def test_two_phase_training_lowers_the_loss_and_beats_chance(mini_splits, tmp_path):
     data, size = mini_splits
     epochs = []
-    result = train(
-        data["train"], data["val"], data["test"],
-        backbone="mobilenet_v2", image_size=size, weights_dir=WEIGHTS, unfreeze_layers=20,
-        dropout=0.1, head_learning_rate=3e-3, finetune_learning_rate=3e-4, head_epochs=3,
-        finetune_epochs=2, patience=5, batch_size=32, neighbour_smoothing=0.1, augment=False,
-        seed=1, checkpoint_dir=tmp_path / "ckpt", realign=True, weight_soup=True, age_sigma=0.085,
+    from agerange.faces import chip_recut
+
+    config = _tiny_config(
+        size, head_epochs=3, finetune_epochs=2, realign=True, weight_soup=True, age_sigma=0.085
+    )
+    options = TrainOptions(
+        tmp_path / "ckpt", recut=chip_recut("blazeface_short", 0.6),
         on_epoch=lambda phase, epoch, metrics: epochs.append((phase, epoch, metrics)),
     )  # fmt: skip
+    result = train(config, TrainData(data["train"], data["val"], data["test"]), options)
     history = result.history
     assert list(history["phase"]) == ["head"] * 3 + ["finetune"] * 2
     assert [e for _, e, _ in epochs] == [1, 2, 3, 4, 5]
@@ -83,12 +91,13 @@ def test_two_phase_training_lowers_the_loss_and_beats_chance(mini_splits, tmp_pa
 def test_greedy_soup_keeps_epochs_that_help_and_drops_one_that_hurts():
     import keras
 
-    from agerange.train import _dataset, greedy_soup
+    from agerange.training.data import make_dataset
+    from agerange.training.soup import greedy_soup
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(300, 6)).astype(np.float32)
     groups = features[:, :3].argmax(1)  # learnable: the largest of the first three features
-    data = _dataset(features, groups, np.ones(300, np.float32), batch_size=64, shuffle=False, seed=0)
+    data = make_dataset(features, groups, np.ones(300, np.float32), batch_size=64, shuffle=False, seed=0)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(10, activation="softmax")])
     model.compile(
         loss="categorical_crossentropy", metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")]
@@ -117,12 +126,12 @@ def test_cached_and_full_paths_compute_the_same_model(mini_splits, tmp_path):
 
 def test_each_epoch_shows_every_row_once_as_one_of_its_versions():
     """Training rows come in versions (plain, mirrored, re-cut...): one per row per epoch, all used."""
-    from agerange.train import _dataset
+    from agerange.training.data import make_dataset
 
     rows = np.arange(200, dtype=np.float32)[:, None]
     versions = [rows, rows + 1000, rows + 2000, rows + 3000]
     groups, weights = np.zeros(200, np.int64), np.ones(200, np.float32)
-    dataset = _dataset(versions, groups, weights, batch_size=32, shuffle=True, seed=3)
+    dataset = make_dataset(versions, groups, weights, batch_size=32, shuffle=True, seed=3)
     for _ in range(2):
         seen = np.concatenate([inputs.numpy()[:, 0] for inputs, _, _ in dataset])
         assert sorted(seen % 1000) == list(range(200))  # every row once
@@ -140,7 +149,7 @@ def test_soft_labels_keep_mass_on_the_truth_and_its_neighbours():
 
 def test_training_targets_come_from_ages_when_age_sigma_is_set(mini_splits):
     from agerange.labels import age_distribution
-    from agerange.train import training_targets
+    from agerange.training.data import training_targets
 
     train_split = mini_splits[0]["train"]
     np.testing.assert_array_equal(
@@ -153,15 +162,15 @@ def test_training_targets_come_from_ages_when_age_sigma_is_set(mini_splits):
 
 def test_fine_tuning_runs_start_from_phase_one_and_all_feed_the_soup(mini_splits, tmp_path):
     data, size = mini_splits
-    settings = _tiny_settings(size, head_epochs=2, finetune_epochs=2)
+    config = _tiny_config(size, head_epochs=2, finetune_epochs=2)
     snapshots = []
 
     def keep_snapshots(phase, epoch, metrics):
         snapshots.append(sorted(path.name for path in (tmp_path / "ckpt" / "soup").glob("*.npz")))
 
     result = train(
-        data["train"], data["val"], None, **settings, checkpoint_dir=tmp_path / "ckpt", weight_soup=True,
-        finetune_runs=2, on_epoch=keep_snapshots,
+        dataclasses.replace(config, weight_soup=True, finetune_runs=2), TrainData(data["train"], data["val"]),
+        TrainOptions(tmp_path / "ckpt", on_epoch=keep_snapshots),
     )  # fmt: skip
     assert list(result.history["phase"]) == ["head"] * 2 + ["finetune"] * 4
     assert list(result.history["epoch"]) == [1, 2, 3, 4, 5, 6]
@@ -172,7 +181,11 @@ def test_fine_tuning_runs_start_from_phase_one_and_all_feed_the_soup(mini_splits
     finetune = result.history[result.history["phase"] == "finetune"].reset_index(drop=True)
     assert finetune.loc[2, "loss"] > finetune.loc[1, "loss"]
     with pytest.raises(ValueError, match="needs weight_soup"):
-        train(data["train"], data["val"], None, **settings, checkpoint_dir=tmp_path / "x", finetune_runs=2)
+        train(
+            dataclasses.replace(config, finetune_runs=2),
+            TrainData(data["train"], data["val"]),
+            TrainOptions(tmp_path / "x"),
+        )
 
 
 class Interrupted(Exception):
@@ -181,19 +194,22 @@ class Interrupted(Exception):
 
 def test_an_interrupted_training_resumes_where_it_stopped(mini_splits, tmp_path):
     data, size = mini_splits
-    settings = _tiny_settings(size, head_epochs=3, finetune_epochs=3, checkpoint_dir=tmp_path / "ckpt")
+    config, splits = (
+        _tiny_config(size, head_epochs=3, finetune_epochs=3),
+        TrainData(data["train"], data["val"]),
+    )
 
     def crash_in_phase_two(phase, epoch, metrics):
         if phase == "finetune":
             raise Interrupted  # as if the machine went down after the first fine-tuning epoch
 
     with pytest.raises(Interrupted):
-        train(data["train"], data["val"], None, on_epoch=crash_in_phase_two, **settings)
+        train(config, splits, TrainOptions(tmp_path / "ckpt", on_epoch=crash_in_phase_two))
     assert (tmp_path / "ckpt" / "phase1_done.weights.h5").is_file()
 
     resumed = []
     result = train(
-        data["train"], data["val"], None, on_epoch=lambda p, e, m: resumed.append((p, e)), **settings
+        config, splits, TrainOptions(tmp_path / "ckpt", on_epoch=lambda p, e, m: resumed.append((p, e)))
     )
     # Phase 1 is not trained again, and phase 2 continues after its checkpointed first epoch.
     assert resumed == [("finetune", 5), ("finetune", 6)]
@@ -202,24 +218,18 @@ def test_an_interrupted_training_resumes_where_it_stopped(mini_splits, tmp_path)
 
 def test_an_interrupted_second_fine_tuning_run_resumes_without_redoing_the_first(mini_splits, tmp_path):
     data, size = mini_splits
-    settings = _tiny_settings(
-        size,
-        head_epochs=2,
-        finetune_epochs=2,
-        checkpoint_dir=tmp_path / "ckpt",
-        weight_soup=True,
-        finetune_runs=2,
-    )
+    config = _tiny_config(size, head_epochs=2, finetune_epochs=2, weight_soup=True, finetune_runs=2)
+    splits = TrainData(data["train"], data["val"])
 
     def crash_in_the_second_run(phase, epoch, metrics):
         if epoch == 5:  # epochs 3-4 are the first run, 5-6 the second
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train(data["train"], data["val"], None, on_epoch=crash_in_the_second_run, **settings)
+        train(config, splits, TrainOptions(tmp_path / "ckpt", on_epoch=crash_in_the_second_run))
     resumed = []
     result = train(
-        data["train"], data["val"], None, on_epoch=lambda p, e, m: resumed.append((p, e)), **settings
+        config, splits, TrainOptions(tmp_path / "ckpt", on_epoch=lambda p, e, m: resumed.append((p, e)))
     )
     assert resumed == [("finetune", 6)]  # the first run is not trained again
     assert list(result.history["epoch"]) == [1, 2, 3, 4, 6]
@@ -231,26 +241,25 @@ def test_an_ensemble_averages_its_members_and_resumes_without_retraining_a_finis
 ):
     import keras
 
-    from agerange.train import train_members
+    from agerange.training import train_members
 
     data, size = mini_splits
-    settings = _tiny_settings(size, head_epochs=2, finetune_epochs=1, checkpoint_dir=tmp_path / "ckpt")
+    config = _tiny_config(size, head_epochs=2, finetune_epochs=1, ensemble_members=2)
+    splits = TrainData(data["train"], data["val"])
 
     def crash_in_the_second_member(phase, epoch, metrics):
         if epoch == 4:  # epochs 1-3 are the first member, 4-6 the second
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train_members(
-            2, train=data["train"], val=data["val"], probe=None, on_epoch=crash_in_the_second_member,
-            **settings,
-        )  # fmt: skip
+        train_members(config, splits, TrainOptions(tmp_path / "ckpt", on_epoch=crash_in_the_second_member))
     assert (tmp_path / "ckpt" / "member_0_done" / "model.keras").is_file()
     resumed = []
     result = train_members(
-        2, train=data["train"], val=data["val"], probe=None, **settings,
-        on_epoch=lambda phase, epoch, metrics: resumed.append(epoch),
-    )  # fmt: skip
+        config,
+        splits,
+        TrainOptions(tmp_path / "ckpt", on_epoch=lambda phase, epoch, metrics: resumed.append(epoch)),
+    )
     assert resumed and min(resumed) >= 4  # the first member is not trained again
     history = result.history
     assert list(history.loc[history["member"] == 0, "epoch"]) == [1, 2, 3]
@@ -339,17 +348,15 @@ def test_phase_one_on_cached_pooled_features_sees_what_the_whole_network_compute
     import keras
 
     from agerange.model import unfreeze
-    from agerange.train import _cached_features, _pooled_features
 
     data, size = mini_splits
     val = data["val"]
+    splits = TrainData(data["train"], val)
     model, boundary, bottom, _ = _cut_model(size, unfreeze_layers=20)
     unfreeze(model, "mobilenet_v2", 0)
-    cache: dict = {}
-    features = _cached_features(cache, bottom, boundary, "mobilenet_v2", size, data["train"], val, None, 32)
-    pooled = _pooled_features(
-        cache, model, boundary, "mobilenet_v2", size, features, data["train"], val, None
-    )
+    cache, key = FeatureCache(), ("mobilenet_v2", size, boundary)
+    features = cache.boundary_features(bottom, key, splits, 32)
+    pooled = cache.pooled_features(model, boundary, key, features, splits)
     whole = keras.Model(model.input, model.get_layer("features").output)
     expected = np.asarray(whole(val.chips.astype(np.float32)))
     np.testing.assert_allclose(pooled["val"], expected, atol=0.01 * np.abs(expected).max())  # float16 cut
@@ -357,8 +364,7 @@ def test_phase_one_on_cached_pooled_features_sees_what_the_whole_network_compute
     np.testing.assert_allclose(pooled["train"][1], mirrored, atol=0.01 * np.abs(mirrored).max())
 
     # A training with pooled_head learns.
-    settings = _tiny_settings(size, head_epochs=3, finetune_epochs=2)
-    result = train(data["train"], val, None, **settings, checkpoint_dir=tmp_path / "a", feature_cache=cache,
-                   pooled_head=True)  # fmt: skip
+    config = _tiny_config(size, head_epochs=3, finetune_epochs=2)
+    result = train(config, splits, TrainOptions(tmp_path / "a", feature_cache=cache, pooled_head=True))
     chips, groups = data["train"].chips, data["train"].groups
     assert (predict_probabilities(result.model, chips).argmax(1) == groups).mean() > 0.2  # chance is 0.1

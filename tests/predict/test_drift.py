@@ -3,14 +3,8 @@
 import pandas as pd
 import pytest
 
-from agerange.drift import (
-    FEATURES,
-    describe_photos,
-    drift_report,
-    fairface_range,
-    homogeneity_p_value,
-    range_accuracy,
-)
+from agerange.drift import FEATURES, describe_photos, drift_report, homogeneity_p_value, range_accuracy
+from agerange.metrics import fairface_range
 from agerange.predict import AgePredictor
 from tests.conftest import FAIRFACE
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from agerange.config import PackageConfig
 from agerange.faces import (
     CHIP_FACE,
     DetectorError,
@@ -22,7 +23,8 @@ from tests.conftest import FAIRFACE
 
 @pytest.fixture(scope="module")
 def detector() -> FaceDetector:
-    return FaceDetector()
+    settings = PackageConfig()  # the default package settings
+    return FaceDetector(settings.detector, settings.min_detector_score)
 
 
 @pytest.fixture(scope="module")
@@ -126,16 +128,16 @@ def test_unknown_detector_and_wrong_model_file_are_one_line_errors(tmp_path: Pat
     with pytest.raises(
         DetectorError, match="unknown face detector 'yolo' \\(valid: blazeface_full, blazeface_short\\)"
     ):
-        FaceDetector("yolo")
+        FaceDetector("yolo", 0.6)
     from agerange.faces import packaged_detector_path
 
     with pytest.raises(DetectorError, match="unknown face detector 'yolo'"):
         packaged_detector_path("yolo")
     with pytest.raises(DetectorError, match="face detector model file missing"):
-        FaceDetector(model_path=tmp_path / "absent.tflite")
+        FaceDetector("blazeface_short", 0.6, model_path=tmp_path / "absent.tflite")
 
     damaged = tmp_path / "face_detection_short_range.tflite"
     shutil.copy(packaged_detector_path("blazeface_short"), damaged)
     damaged.write_bytes(damaged.read_bytes()[:-1] + b"\0")
     with pytest.raises(DetectorError, match="wrong checksum"):
-        FaceDetector(model_path=damaged)
+        FaceDetector("blazeface_short", 0.6, model_path=damaged)

@@ -1,4 +1,7 @@
-"""The feature-maps command on a real (untrained-head) model and a real face chip."""
+"""The feature-maps command (explain.py) on a real (untrained-head) model and a real face chip.
+
+Code tier: it checks what the command draws and how it fails, not how a trained model behaves.
+"""
 
 import json
 
@@ -38,4 +41,5 @@ def test_unknown_layer_and_corrupt_photo_are_one_line_errors(model_folder, tmp_p
     with pytest.raises(SystemExit):
         main(["feature-maps", str(broken), "--model", str(model_folder), "--layer", "Conv1"])
     error = capsys.readouterr().err.strip()
-    assert error.startswith("error: ") and "broken.jpg: corrupt" in error and "\n" not in error
+    assert error.startswith("error: ") and "\n" not in error and "object at 0x" not in error
+    assert "broken.jpg: not an image or corrupt" in error

@@ -1,0 +1,209 @@
+"""The MLflow Model Registry: versions, aliases, the champion rule, and fetching a model by URI.
+
+Works on the store the entry point chose (`tracking.use_store` or `tracking.use_tracking_uri`).
+`champion` moves only to a better model, by the score each version carries as a tag; nothing is
+ever deleted or overwritten: aliases move, versions stay.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.artifacts
+from mlflow.models import Model
+
+from agerange import tracking
+from agerange.config import RegisterConfig
+from agerange.provenance import data_version, git_commit
+
+MODEL_NAME = "agerange"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS_CHAMPION = "previous_champion"
+
+
+def metric_score(values: dict, metric: str, prefix: str = "") -> float:
+    """The value of `metric` in `values`; `a+b` is the mean of metrics a and b.
+
+    `prefix` reads the same metrics from a registered version's tags (`val_accuracy`...).
+    """
+    parts = metric.split("+")
+    return sum(float(values[prefix + part]) for part in parts) / len(parts)
+
+
+def beats(candidate: float, incumbent: float | None, greater_is_better: bool = True) -> bool:
+    """Whether a candidate score strictly beats the incumbent's (no incumbent: it does)."""
+    if incumbent is None:
+        return True
+    return candidate > incumbent if greater_is_better else candidate < incumbent
+
+
+def _version_score(
+    tags: dict[str, str], metric: str, score_from_tags: Callable[[dict[str, str]], float] | None
+) -> float | None:
+    """A registered version's score: its `metric` tag, else derived from its tags, else None."""
+    if metric in tags:
+        return float(tags[metric])
+    try:
+        return float(score_from_tags(tags)) if score_from_tags else None
+    except (KeyError, ValueError):
+        return None
+
+
+def _champion(client: mlflow.MlflowClient, name: str):
+    """The registered model's champion version (creating the registered model on first use), or None."""
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description="Age-group classifier from face chips (agerange)")
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def register(
+    model_uri: str,
+    metric: str,
+    score: float,
+    tags: dict[str, Any],
+    greater_is_better: bool = True,
+    name: str = MODEL_NAME,
+    score_from_tags: Callable[[dict[str, str]], float] | None = None,
+) -> dict[str, Any]:
+    """Register a logged model; move `champion` to it only if it beats the current champion.
+
+    The comparison uses the `metric` tag stored on each version when it was registered; a
+    champion registered before that metric existed is scored by `score_from_tags` (its other
+    tags), and one that cannot be scored is kept. A version that does not win gets the
+    `challenger` alias. A version from the champion's own training run with the same score is
+    the same weights packaged anew (say, with a newer serving wrapper): it takes over
+    `champion`, since it is not worse.
+
+    Returns:
+        version, alias given (champion or challenger), the metric and both scores.
+    """
+    client = mlflow.MlflowClient()
+    incumbent_version = _champion(client, name)
+    incumbent = _version_score(incumbent_version.tags, metric, score_from_tags) if incumbent_version else None
+    version = mlflow.register_model(
+        model_uri, name, tags={metric: str(score), **{k: str(v) for k, v in tags.items()}}
+    )
+    repackaged = (
+        incumbent_version is not None
+        and "run_id" in tags
+        and incumbent_version.tags.get("run_id") == str(tags["run_id"])
+        and incumbent == score
+    )
+    comparable = incumbent_version is None or incumbent is not None
+    wins = repackaged or (comparable and beats(score, incumbent, greater_is_better))
+    alias = CHAMPION if wins else CHALLENGER
+    if alias == CHAMPION and incumbent_version is not None:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, incumbent_version.version)
+    client.set_registered_model_alias(name, alias, version.version)
+    return {
+        "version": int(version.version),
+        "alias": alias,
+        "repackaged": repackaged,
+        "metric": metric,
+        "score": score,
+        "champion_score_before": incumbent,
+        "champion_version_before": int(incumbent_version.version) if incumbent_version else None,
+    }
+
+
+def register_evaluated(
+    model_uri: str, run_id: str, evaluation: dict[str, dict[str, Any]], settings: RegisterConfig
+) -> dict[str, Any]:
+    """Register a model with its evaluation, scored on `settings.metric` of `settings.split`.
+
+    Every evaluation figure, the git commit and the data's DVC hashes become version tags.
+    Raises KeyError when the split or a metric is not in the evaluation.
+    """
+    split, metric = settings.split, settings.metric
+    score = metric_score(evaluation[split], metric)
+    tags = {
+        "run_id": run_id,
+        "git_commit": git_commit(),
+        **{f"{side}_{key}": value for side, values in evaluation.items() for key, value in values.items()},
+        **{f"data.{path}": md5 for path, md5 in data_version().items()},
+    }
+    return register(
+        model_uri,
+        f"{split}_{metric}".replace("+", "_and_"),  # registry tag names allow no '+'
+        score,
+        tags,
+        settings.greater_is_better,
+        settings.name,
+        score_from_tags=lambda version_tags: metric_score(version_tags, metric, prefix=f"{split}_"),
+    )
+
+
+def describe_outcome(outcome: dict[str, Any], settings: RegisterConfig) -> str:
+    """One sentence: the new version, its score, the alias it got and why."""
+    split, metric = settings.split, settings.metric
+    before, before_version = outcome["champion_score_before"], outcome["champion_version_before"]
+    if before is not None:
+        verdict = f"the champion had {before:.4f} (version {before_version})."
+    elif before_version is None:
+        verdict = "there was no champion before."
+    else:
+        verdict = f"the champion (version {before_version}) has no {split} {metric} to compare with: kept."
+    return (
+        f"{settings.name} version {outcome['version']} ({split} {metric} {outcome['score']:.4f}) is now "
+        f"'{outcome['alias']}'; {verdict}"
+    )
+
+
+def aliases(name: str = MODEL_NAME) -> dict[str, int]:
+    """Alias -> version number of a registered model."""
+    model = mlflow.MlflowClient().get_registered_model(name)
+    return {alias: int(version) for alias, version in model.aliases.items()}
+
+
+def alias_version(model_uri: str, name: str = MODEL_NAME) -> str | None:
+    """The version a `models:/...@alias` URI points at now; None for any other kind of URI or path."""
+    if not (model_uri.startswith("models:/") and "@" in model_uri):
+        return None
+    return mlflow.MlflowClient().get_model_version_by_alias(name, model_uri.rsplit("@", 1)[1]).version
+
+
+def record_drift(
+    store: Path,
+    model_uri: str,
+    photos: str,
+    summary: dict[str, Any],
+    files: list[Path],
+    name: str = MODEL_NAME,
+) -> str:
+    """Log a drift report as a run of its own, tied to the registered version it was made with.
+
+    The run carries the version number and alias as tags and the verdicts as metrics; the
+    model version gets the latest verdict as tags, so the registry page shows it. Returns the run id.
+    """
+    experiment_id = tracking.use_store(store)
+    version = alias_version(model_uri, name)
+    run_id = tracking.log_drift(experiment_id, model_uri, version, photos, summary, files)
+    if version is not None:
+        drifted = ",".join(summary["new_photos"]["drifted"]) or "none"
+        client = mlflow.MlflowClient()
+        client.set_model_version_tag(name, version, "drift.photos", photos)
+        client.set_model_version_tag(name, version, "drift.drifted", drifted)
+        client.set_model_version_tag(name, version, "drift.run_id", run_id)
+    return run_id
+
+
+def download_model(model_uri: str) -> Path:
+    """A local copy of a logged or registered model (`models:/agerange@champion`, `runs:/...`)."""
+    return Path(mlflow.artifacts.download_artifacts(model_uri))
+
+
+def load_model_info(model_uri: str) -> dict[str, Any]:
+    """The settings a logged model carries (input size, class names, backbone, preprocessing)."""
+    return Model.load(model_uri).metadata["agerange"]
+
+
+def load_keras_model(model_uri: str):
+    """The Keras model logged at `model_uri` (a run or registry URI)."""
+    return mlflow.keras.load_model(model_uri)

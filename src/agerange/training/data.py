@@ -1,0 +1,99 @@
+"""What training reads: decoded splits, their soft targets, and tf.data pipelines over them."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agerange.labels import GROUP_NAMES, age_distribution
+from agerange.preprocess import load_chips
+
+
+@dataclass
+class SplitData:
+    """Decoded chips and labels of one split."""
+
+    chips: np.ndarray  # uint8 (N, S, S, 3)
+    groups: np.ndarray  # int (N,)
+    weights: np.ndarray  # float (N,), loss weight per row
+    table: pd.DataFrame = field(repr=False)
+
+
+@dataclass
+class TrainData:
+    """The splits one training reads: train, validation (model choice) and an optional probe set
+    predicted after every epoch (a fixed sample of test images, for the curves only)."""
+
+    train: SplitData
+    val: SplitData
+    probe: SplitData | None = None
+
+
+def load_split(table: pd.DataFrame, images_dir: Path, image_size: int, workers: int = 0) -> SplitData:
+    """Decode the chips of a table's rows (each distinct file once) with their labels."""
+    paths = table["path"].tolist()
+    distinct = sorted(set(paths))
+    chips = load_chips([images_dir / path for path in distinct], image_size, workers)
+    position = {path: index for index, path in enumerate(distinct)}
+    order = np.fromiter((position[path] for path in paths), dtype=np.int64, count=len(paths))
+    weights = table["weight"].to_numpy(np.float32) if "weight" in table else np.ones(len(table), np.float32)
+    return SplitData(
+        chips[order], table["age_group"].to_numpy(np.int64), weights, table.reset_index(drop=True)
+    )
+
+
+def probe_rows(table: pd.DataFrame, size: int = 100, seed: int = 0) -> pd.DataFrame:
+    """A fixed sample of rows, the same for every run with the same data and seed."""
+    return table.sort_values("path").sample(n=min(size, len(table)), random_state=seed)
+
+
+def soft_labels(groups: np.ndarray, neighbour_smoothing: float) -> np.ndarray:
+    """Targets that move `neighbour_smoothing` of the mass to the adjacent age groups.
+
+    Age groups are ordered: calling a 30-year-old 'Young Adult' is a smaller error than
+    'Senior'. Unlike uniform label smoothing, this teaches the model that ordering.
+    """
+    n = len(GROUP_NAMES)
+    kernel = np.zeros((n, n), dtype=np.float32)
+    for group in range(n):
+        neighbours = [g for g in (group - 1, group + 1) if 0 <= g < n]
+        kernel[group, group] = 1.0 - neighbour_smoothing
+        for neighbour in neighbours:
+            kernel[group, neighbour] = neighbour_smoothing / len(neighbours)
+    return kernel[groups]
+
+
+def training_targets(split: SplitData, neighbour_smoothing: float, age_sigma: float) -> np.ndarray:
+    """Soft targets of a split's rows: from each face's own age when `age_sigma` > 0
+    (`labels.age_distribution`), otherwise its group with `neighbour_smoothing`."""
+    if age_sigma > 0:
+        return age_distribution(split.table["age"].to_numpy(np.float64), age_sigma)
+    return soft_labels(split.groups, neighbour_smoothing)
+
+
+def make_dataset(variants, groups, weights, batch_size, shuffle, seed, targets=None):
+    """tf.data pipeline over in-memory arrays: shuffle, pick a variant per row, batch, prefetch.
+
+    `variants` is one array, or a list of same-shaped arrays holding versions of each row (the
+    chip's features, its mirror's, its re-cut's...): each epoch shows every row once, as one of
+    its versions picked at random. `targets` are soft labels per row (default: one-hot groups).
+    """
+    import tensorflow as tf
+
+    variants = variants if isinstance(variants, list) else [variants]
+    targets = soft_labels(groups, 0.0) if targets is None else targets
+    data = tf.data.Dataset.from_tensor_slices((tuple(variants), targets, weights))
+    if shuffle:
+        data = data.shuffle(len(groups), seed=seed, reshuffle_each_iteration=True)
+    rng = tf.random.Generator.from_seed(seed)
+
+    def pick(versions, labels, row_weights):
+        if len(versions) == 1:
+            return versions[0], labels, row_weights
+        choice = rng.uniform((), minval=0, maxval=len(versions), dtype=tf.int32)
+        return tf.stack(versions)[choice], labels, row_weights
+
+    # one element at a time: parallel calls would draw from `rng` in a racy order, and the same
+    # seed would pick different versions from one run to the next (training not reproducible)
+    return data.map(pick).batch(batch_size).prefetch(tf.data.AUTOTUNE)

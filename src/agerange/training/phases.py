@@ -1,0 +1,174 @@
+"""The phases of a training, each a named function that owns its resume marker.
+
+`train_head` trains the new head on a frozen backbone, `fine_tune` then trains the top layers
+(one or more runs from the end of phase 1, ending in the weight soup), and `train_from_scratch`
+is the one phase of a backbone without pretrained weights. Every epoch is checkpointed, and a
+phase that finished before an interruption is not run again.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agerange.config import TrainConfig
+from agerange.files import atomic_path
+from agerange.inference import decode_probabilities
+from agerange.metrics import exact_accuracy
+from agerange.model import unfreeze
+from agerange.training.feeds import Feed
+from agerange.training.soup import greedy_soup, load_snapshots, snapshot_callback
+
+log = logging.getLogger(__name__)
+
+EpochHook = Callable[[str, int, dict[str, float]], None]  # (phase, global epoch, metrics)
+
+
+def within_one(y_true, y_pred):
+    """Share of predictions at most one age group away (a Keras metric function)."""
+    from keras import ops
+
+    distance = ops.abs(ops.argmax(y_true, axis=-1) - ops.argmax(y_pred, axis=-1))
+    return ops.mean(ops.cast(distance <= 1, "float32"))
+
+
+def compile_for(trainer, learning_rate: float, jit: bool) -> None:
+    """Adam on the soft-target cross-entropy, with exact and within-one accuracy as metrics."""
+    import keras
+
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), within_one],
+        jit_compile=jit,
+    )
+
+
+def epoch_callback(phase: str, offset: int, planned: int, records: list, probe, hook, label: str):
+    """A Keras callback: records each epoch, predicts the probe set, calls the tracking hook and
+    logs one line saying whose epoch it is (`label`, phase) and how long the phase may still take."""
+    import keras
+
+    class EpochCallback(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.started = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None):
+            row = {"phase": phase, "epoch": offset + epoch + 1}
+            row.update({key: float(value) for key, value in (logs or {}).items()})
+            if probe is not None:
+                inputs, groups = probe
+                predicted, _ = decode_probabilities(self.model.predict(inputs, verbose=0))
+                row["probe_accuracy"] = exact_accuracy(predicted, groups)
+            records.append(row)
+            if hook is not None:
+                hook(phase, row["epoch"], {k: v for k, v in row.items() if k not in ("phase", "epoch")})
+            per_epoch = (time.monotonic() - self.started) / (epoch + 1)
+            log.info(
+                "%s%s epoch %d/%d: loss %.4f, accuracy %.4f, val_accuracy %.4f; %.0f s/epoch, "
+                "this phase ends within %.1f min (early stopping may end it sooner)",
+                f"{label} " if label else "", phase, epoch + 1, planned, row.get("loss", float("nan")),
+                row.get("accuracy", float("nan")), row.get("val_accuracy", float("nan")), per_epoch,
+                per_epoch * (planned - epoch - 1) / 60,
+            )  # fmt: skip
+
+    return EpochCallback()
+
+
+def fit(trainer, train_data, val_data, epochs: int, patience: int, checkpoint_dir: Path, callbacks) -> int:
+    """Fit with early stopping (best weights restored) and an epoch checkpoint to resume from."""
+    import keras
+
+    if epochs <= 0:
+        return 0
+    history = trainer.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=epochs,
+        shuffle=False,  # the dataset is already shuffled (make_dataset); Keras would only warn
+        verbose=0,  # the epoch callback logs one line per epoch instead
+        callbacks=[
+            keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True),
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", mode="max", patience=patience, restore_best_weights=True
+            ),
+            *callbacks,
+        ],
+    )
+    return len(history.epoch)
+
+
+def train_from_scratch(feed: Feed, config: TrainConfig, options, records: list) -> int:
+    """One phase for a backbone without pretrained weights; returns the epochs run."""
+    compile_for(feed.trainer, config.head_learning_rate, options.jit)
+    planned = config.head_epochs + config.finetune_epochs
+    callback = epoch_callback("train", 0, planned, records, feed.probe, options.on_epoch, options.label)
+    return fit(
+        feed.trainer, feed.train_data, feed.val_data, planned, config.patience,
+        Path(options.checkpoint_dir) / "phase1", [callback],
+    )  # fmt: skip
+
+
+def phase_one_weights(checkpoint_dir: Path) -> Path:
+    """Where phase 1's final weights live: its resume marker, and where every fine-tuning run starts."""
+    return Path(checkpoint_dir) / "phase1_done.weights.h5"
+
+
+def train_head(model, feed: Feed, config: TrainConfig, options, records: list) -> int:
+    """Phase 1: the head on the frozen backbone; returns the epochs run (0 when resumed)."""
+    checkpoint_dir = Path(options.checkpoint_dir)
+    marker = phase_one_weights(checkpoint_dir)
+    if marker.is_file():
+        model.load_weights(marker)  # resume: phase 1 finished in an earlier, interrupted run
+        records.extend(json.loads((checkpoint_dir / "phase1_history.json").read_text()))
+        log.info("resumed after phase 1 from %s", marker)
+        return 0
+    compile_for(feed.trainer, config.head_learning_rate, options.jit)
+    callback = epoch_callback(
+        "head", 0, config.head_epochs, records, feed.probe, options.on_epoch, options.label
+    )
+    epochs = fit(
+        feed.trainer, feed.train_data, feed.val_data, config.head_epochs, config.patience,
+        checkpoint_dir / "phase1", [callback],
+    )  # fmt: skip
+    model.save_weights(marker)
+    (checkpoint_dir / "phase1_history.json").write_text(json.dumps(records))
+    return epochs
+
+
+def fine_tune(model, feed: Feed, config: TrainConfig, options, records: list) -> tuple[int, dict | None]:
+    """Phase 2: the top `unfreeze_layers` layers, in `finetune_runs` runs from the end of phase 1,
+    then the weight soup of their epochs. Returns the epochs run and the soup (or None)."""
+    checkpoint_dir = Path(options.checkpoint_dir)
+    unfreeze(model, config.backbone, config.unfreeze_layers)
+    epochs = 0
+    for run in range(config.finetune_runs):
+        finished = checkpoint_dir / f"phase2_{run}_history.json"
+        if finished.is_file():  # resume: this fine-tuning run ended before the interruption
+            records[:] = json.loads(finished.read_text())
+            continue
+        # Every run starts where phase 1 ended and differs only in its data order (its seed),
+        # so the runs stay close enough for their weights to be averaged in the soup.
+        model.load_weights(phase_one_weights(checkpoint_dir))
+        compile_for(feed.trainer, config.finetune_learning_rate, options.jit)
+        label = options.label + (f" run {run + 1}/{config.finetune_runs}" if config.finetune_runs > 1 else "")
+        callbacks = [
+            epoch_callback(
+                "finetune", len(records), config.finetune_epochs, records, feed.probe, options.on_epoch, label
+            )
+        ]
+        if config.weight_soup:
+            callbacks.append(snapshot_callback(checkpoint_dir / "soup", len(records)))
+        run_data = feed.train_data if run == 0 else feed.reshuffled(config.seed + run)
+        epochs += fit(
+            feed.trainer, run_data, feed.val_data, config.finetune_epochs, config.patience,
+            checkpoint_dir / f"phase2_{run}", callbacks,
+        )  # fmt: skip
+        with atomic_path(finished) as path:
+            path.write_text(json.dumps(records))
+    if not config.weight_soup:
+        return epochs, None
+    soup = greedy_soup(feed.trainer, load_snapshots(checkpoint_dir / "soup"), feed.val_data)
+    log.info("weight soup of epochs %s: validation accuracy %.4f", soup["epochs"], soup["val_accuracy"])
+    return epochs, soup

@@ -1,0 +1,127 @@
+"""The training recipe: build, choose the feed, train the head, fine-tune, soup."""
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from agerange.backbones import get_backbone
+from agerange.config import TrainConfig
+from agerange.model import boundary_layer, build_classifier, first_trainable_index, unfreeze
+from agerange.training.data import TrainData, training_targets
+from agerange.training.feature_cache import FeatureCache, Recut
+from agerange.training.feeds import cached_feed, full_network_feed, pooled_head_feed
+from agerange.training.phases import EpochHook, fine_tune, train_from_scratch, train_head
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    """How a training runs, as opposed to what it trains (`TrainConfig`)."""
+
+    checkpoint_dir: Path  # per-epoch checkpoints live here until training ends
+    on_epoch: EpochHook | None = None  # tracking hook called after every epoch
+    augment: bool = False  # whole network on augmented images (GPU) instead of cached features
+    jit: bool = False  # compile with XLA (GPU)
+    recut: Recut | None = None  # with `train.realign`: re-cuts chips the way predict cuts faces
+    feature_cache: FeatureCache | None = None  # shared by the trainings of a sweep or an ensemble
+    # place the cache boundary as if this many layers were unfrozen (the deepest a sweep can ask
+    # for), so every trial of a backbone shares one cache; the layers in between stay frozen
+    cache_unfreeze_layers: int | None = None
+    # with a feature_cache, phase 1 trains the head on cached pooled features (sweep trials)
+    pooled_head: bool = False
+    keep_checkpoints: bool = False  # leave checkpoint_dir in place when done (the caller removes it)
+    label: str = ""  # names the training in its log lines ("member 1/2")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model: object  # the Keras inference model (pixels in, probabilities out)
+    history: pd.DataFrame  # one row per epoch: phase, epoch, loss, accuracy, val_*, probe_accuracy
+    boundary: str | None  # layer whose output was cached, None when the full network ran
+    seconds: float
+    images_per_second: float  # training throughput, images (not cached features) per second
+    soup: dict | None = field(default=None)  # the fine-tuning epochs averaged and its val accuracy
+
+    @property
+    def best_val_accuracy(self) -> float:
+        """Validation accuracy of the returned model: the soup's, or the best epoch's without one."""
+        if self.soup and self.soup.get("members"):  # an ensemble (train_members)
+            return self.soup["val_accuracy"]
+        best_epoch = float(self.history["val_accuracy"].max())
+        return max(best_epoch, self.soup["val_accuracy"]) if self.soup else best_epoch
+
+
+def train(config: TrainConfig, data: TrainData, options: TrainOptions) -> TrainResult:
+    """Two-phase training: the head on a frozen backbone, then the top `unfreeze_layers` layers."""
+    import keras
+
+    check(config, options)
+    keras.utils.set_random_seed(config.seed)
+    started = time.monotonic()
+    model = build_classifier(
+        config.backbone, config.image_size, Path(config.weights_dir), config.dropout, config.weights_sha256
+    )
+    Path(options.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    targets = training_targets(data.train, config.neighbour_smoothing, config.age_sigma)
+    records: list[dict] = []
+    if get_backbone(config.backbone).weights_file is None:  # nothing pretrained: one phase
+        feed = full_network_feed(model, config, data, targets, recut=None)
+        epochs = train_from_scratch(feed, config, options, records)
+        return _result(model, records, None, started, epochs * len(data.train.groups))
+
+    boundary = _freeze_boundary(model, config, options)
+    recut = options.recut if config.realign else None
+    if boundary is None:
+        feed = head_feed = full_network_feed(model, config, data, targets, recut)
+    else:
+        cache = options.feature_cache or FeatureCache()
+        feed, features = cached_feed(model, boundary, config, data, targets, cache, recut)
+        head_feed = feed
+        if options.pooled_head and options.feature_cache is not None:
+            head_feed = pooled_head_feed(model, boundary, config, data, targets, cache, features)
+    epochs = train_head(model, head_feed, config, options, records)
+    soup = None
+    if config.unfreeze_layers > 0 and config.finetune_epochs > 0:
+        more, soup = fine_tune(model, feed, config, options, records)
+        epochs += more
+    if not options.keep_checkpoints:  # finished: nothing left to resume
+        shutil.rmtree(options.checkpoint_dir, ignore_errors=True)
+    return _result(model, records, boundary, started, epochs * len(data.train.groups), soup)
+
+
+def check(config: TrainConfig, options: TrainOptions) -> None:
+    """Refuse settings that cannot work together, before anything is built."""
+    if config.finetune_runs > 1 and not config.weight_soup:
+        raise ValueError(
+            f"finetune_runs {config.finetune_runs} needs weight_soup: without it only one run is kept"
+        )
+    if config.realign and options.recut is None and get_backbone(config.backbone).weights_file:
+        raise ValueError("train.realign needs a re-cut function (TrainOptions.recut)")
+
+
+def _freeze_boundary(model, config: TrainConfig, options: TrainOptions) -> str | None:
+    """The layer whose output is cached, below every layer a run trains (None: `augment`, the
+    whole network runs every epoch). Leaves the backbone frozen for phase 1."""
+    unfreeze(model, config.backbone, max(config.unfreeze_layers, options.cache_unfreeze_layers or 0))
+    boundary = None if options.augment else boundary_layer(model, first_trainable_index(model))
+    unfreeze(model, config.backbone, 0)
+    return boundary
+
+
+def _result(model, records, boundary, started, images_seen, soup=None) -> TrainResult:
+    seconds = time.monotonic() - started
+    return TrainResult(
+        model=model,
+        history=pd.DataFrame(records),
+        boundary=boundary,
+        seconds=seconds,
+        images_per_second=images_seen / seconds if seconds else 0.0,
+        soup=soup,
+    )

@@ -1,0 +1,90 @@
+"""Typed settings: every params.yaml section builds, and a wrong key stops a stage with one line."""
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from agerange.config import (
+    SECTIONS,
+    ConfigError,
+    load_section,
+    read_resolved,
+    resolve,
+    write_resolved,
+)
+from tests.conftest import PROJECT_ROOT
+
+PARAMS = PROJECT_ROOT / "params.yaml"
+
+
+def _params_with(tmp_path, section: str, **changes):
+    params = yaml.safe_load(PARAMS.read_text())
+    params[section].update(changes)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_every_section_of_params_yaml_builds_its_typed_settings(section):
+    settings = load_section(section, PARAMS)
+    assert dataclasses.is_dataclass(settings)
+    assert set(dataclasses.asdict(settings)) == set(yaml.safe_load(PARAMS.read_text())[section])
+
+
+def test_an_unknown_key_is_refused_in_one_line_naming_the_key_and_the_file(tmp_path):
+    path = _params_with(tmp_path, "train", learning_rte=0.1)
+    with pytest.raises(ConfigError) as error:
+        load_section("train", path)
+    message = str(error.value)
+    assert "train.learning_rte" in message and str(path) in message and "\n" not in message
+
+
+def test_a_missing_key_is_refused(tmp_path):
+    params = yaml.safe_load(PARAMS.read_text())
+    del params["train"]["seed"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"train\.seed: missing key"):
+        load_section("train", tmp_path / "params.yaml")
+
+
+def test_a_mistyped_value_is_refused_and_yaml_exponents_are_read_as_numbers(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.image_size: expected int, got 'big'"):
+        load_section("train", _params_with(tmp_path, "train", image_size="big"))
+    # PyYAML reads 1e-3 (no dot) as a string: a float setting still gets the number
+    assert load_section("train", _params_with(tmp_path, "train", dropout="1e-1")).dropout == 0.1
+
+
+def test_the_study_best_and_a_trial_resolve_through_one_function(tmp_path):
+    train, rebalance = load_section("train", PARAMS), load_section("rebalance", PARAMS)
+    resolved = resolve(train, rebalance, {"dropout": 0.25, "rebalance_strategy": "none"})
+    assert resolved.train.dropout == 0.25 and resolved.rebalance.strategy == "none"
+    assert resolved.train.seed == train.seed  # everything not tuned is params.yaml's
+    with pytest.raises(ConfigError, match="'colour'"):
+        resolve(train, rebalance, {"colour": "red"})
+    write_resolved(resolved, tmp_path / "training.json")
+    assert read_resolved(tmp_path / "training.json") == resolved
+    values = json.loads((tmp_path / "training.json").read_text())
+    values["train"]["extra"] = 1
+    (tmp_path / "training.json").write_text(json.dumps(values))
+    with pytest.raises(ConfigError, match=r"train\.extra: unknown key"):
+        read_resolved(tmp_path / "training.json")
+
+
+def test_a_cpu_run_starts_tensorflow_without_its_expected_notices_and_debug_shows_them():
+    import os
+    import subprocess
+    import sys
+
+    script = "from agerange.config import setup_logging; setup_logging(); import tensorflow as tf; "
+    script += "tf.config.list_physical_devices()"
+
+    def stderr(**env) -> str:
+        environment = {k: v for k, v in os.environ.items() if k != "AGERANGE_LOG_LEVEL"}
+        run = subprocess.run([sys.executable, "-c", script], env={**environment, **env}, capture_output=True)
+        return run.stderr.decode()
+
+    assert "oneDNN custom operations" not in stderr()
+    assert "oneDNN custom operations" in stderr(AGERANGE_LOG_LEVEL="DEBUG")  # nothing hidden when asked

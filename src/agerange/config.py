@@ -79,6 +79,8 @@ class TrainConfig:
     neighbour_smoothing: float
     age_sigma: float
     augment: bool | str  # true | false | auto (by device)
+    augment_variants: int  # real-photo versions of each training image (augment.degrade)
+    augment_strength: float  # how far those versions move from the chip, 0 to 1
     realign: bool
     weight_soup: bool
     finetune_runs: int

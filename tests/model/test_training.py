@@ -21,7 +21,7 @@ def _tiny_config(size: int, **changes) -> TrainConfig:
         backbone="mobilenet_v2", image_size=size, weights_dir=str(WEIGHTS), unfreeze_layers=20, dropout=0.1,
         head_learning_rate=3e-3, finetune_learning_rate=3e-4, patience=5, batch_size=32,
         neighbour_smoothing=0.1, age_sigma=0.0, realign=False, weight_soup=False, finetune_runs=1,
-        ensemble_members=1, seed=1,
+        ensemble_members=1, augment_variants=0, seed=1,
     )  # fmt: skip
     return dataclasses.replace(load_section("train", PROJECT_ROOT / "params.yaml"), **{**tiny, **changes})
 
@@ -366,5 +366,35 @@ def test_phase_one_on_cached_pooled_features_sees_what_the_whole_network_compute
     # A training with pooled_head learns.
     config = _tiny_config(size, head_epochs=3, finetune_epochs=2)
     result = train(config, splits, TrainOptions(tmp_path / "a", feature_cache=cache, pooled_head=True))
+    chips, groups = data["train"].chips, data["train"].groups
+    assert (predict_probabilities(result.model, chips).argmax(1) == groups).mean() > 0.2  # chance is 0.1
+
+
+def test_real_photo_variants_are_cached_as_the_frozen_part_sees_them_and_training_uses_them(
+    mini_splits, tmp_path
+):
+    from agerange.augment import degraded
+    from agerange.training.feature_cache import train_kinds
+
+    data, size = mini_splits
+    splits = TrainData(data["train"], data["val"])
+    model, boundary, bottom, _ = _cut_model(size, unfreeze_layers=20)
+    cache, key = FeatureCache(), ("mobilenet_v2", size, boundary)
+    features = cache.boundary_features(bottom, key, splits, 32, variants=2, strength=0.5)
+    assert (
+        features["kinds"]
+        == train_kinds(False, 2, 0.5)
+        == ["plain", "mirror", "degraded_0@0.5", "degraded_1@0.5"]
+    )
+    paths = data["train"].table["path"].tolist()
+    for variant in (0, 1):
+        expected = np.asarray(bottom(degraded(data["train"].chips, paths, variant, 0.5).astype(np.float32)))
+        cached = features["train"][2 + variant].astype(np.float32)
+        np.testing.assert_allclose(cached, expected, atol=0.01 * np.abs(expected).max())  # float16 cache
+    assert np.abs(features["train"][2] - features["train"][3]).max() > 0.1  # two different versions
+
+    # a training with the variants learns, and its epochs show them (more versions, same rows)
+    config = _tiny_config(size, head_epochs=3, finetune_epochs=1, augment_variants=2, augment_strength=0.5)
+    result = train(config, splits, TrainOptions(tmp_path / "ckpt"))
     chips, groups = data["train"].chips, data["train"].groups
     assert (predict_probabilities(result.model, chips).argmax(1) == groups).mean() > 0.2  # chance is 0.1

@@ -12,12 +12,27 @@ from collections.abc import Callable
 
 import numpy as np
 
+from agerange.augment import degraded
 from agerange.training.data import SplitData
 
 log = logging.getLogger(__name__)
 
-# the versions of a training image, in the order `boundary_features` lists them (the last two with a re-cut)
-TRAIN_KINDS = ["plain", "mirror", "realigned", "realigned_mirror"]
+
+def train_kinds(recut: bool, variants: int = 0, strength: float = 0.0) -> list[str]:
+    """The versions of a training image, in the order `boundary_features` lists them: plain and
+    mirrored, with a re-cut the re-cut and its mirror, then `variants` real-photo versions
+    (`augment.degrade` at `strength`, which is part of their name: another strength, other features)."""
+    kinds = ["plain", "mirror"] + (["realigned", "realigned_mirror"] if recut else [])
+    return kinds + [f"degraded_{variant}@{strength:g}" for variant in range(variants)]
+
+
+def degraded_variant(kind: str) -> tuple[int, float] | None:
+    """(variant, strength) of a `degraded_<variant>@<strength>` kind, None for the other kinds."""
+    if not kind.startswith("degraded_"):
+        return None
+    variant, strength = kind.removeprefix("degraded_").split("@")
+    return int(variant), float(strength)
+
 
 # chips -> (the same chips re-cut the way predict cuts faces from photos, how many were re-cut);
 # passed in by the caller (faces.realign_chips with the packaged detector), so training does not
@@ -55,16 +70,18 @@ class FeatureCache:
         self._stores: dict[tuple, dict] = {}
 
     def boundary_features(
-        self, bottom, key: tuple, data, batch_size: int, recut: Recut | None = None
-    ) -> dict[str, object]:
+        self, bottom, key: tuple, data, batch_size: int, recut: Recut | None = None, variants: int = 0,
+        strength: float = 0.0,
+    ) -> dict[str, object]:  # fmt: skip
         """The frozen part's output for every split of `data` (a TrainData).
 
         `key` is (backbone, image_size, boundary layer). `features["train"]` lists the training
-        rows' versions: plain and mirrored, and with `recut` re-cut and re-cut mirrored.
+        rows' versions, named in `features["kinds"]` (`train_kinds`).
         """
         store = self._stores.setdefault(key, {"row": {}})
-        kinds = TRAIN_KINDS if recut is not None else TRAIN_KINDS[:2]
+        kinds = train_kinds(recut is not None, variants, strength)
         features = {
+            "kinds": kinds,
             "train": [self._gather(store, bottom, data.train, batch_size, kind, recut) for kind in kinds],
             "val": self._gather(store, bottom, data.val, batch_size, "plain", recut),
         }
@@ -96,7 +113,7 @@ class FeatureCache:
         result = {
             "train": [
                 pooled(data.train, values, kind)
-                for values, kind in zip(features["train"], TRAIN_KINDS, strict=False)
+                for values, kind in zip(features["train"], features["kinds"], strict=True)
             ],
             "val": pooled(data.val, features["val"], "plain"),
         }
@@ -129,6 +146,8 @@ class FeatureCache:
             chips = split.chips[[first_of[path] for path in missing]]
             if kind.startswith("realigned"):
                 chips = self._recut(store, missing, chips, recut)
+            elif (variant := degraded_variant(kind)) is not None:
+                chips = degraded(chips, missing, *variant)
             computed = compute_features(bottom, chips, batch_size, mirror=kind.endswith("mirror"))
             offset = sum(len(block) for block in blocks)
             blocks.append(computed)

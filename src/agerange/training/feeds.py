@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from agerange.augment import degraded
 from agerange.config import TrainConfig
 from agerange.model import split_at_boundary
 from agerange.training.data import TrainData, make_dataset
@@ -60,8 +61,13 @@ def full_network_feed(model, config: TrainConfig, data: TrainData, targets, recu
     augment = augmentation(config.seed)
     inputs = keras.Input((config.image_size, config.image_size, 3))
     trainer = keras.Model(inputs, model(augment(inputs)))
-    chips = data.train.chips
-    variants = [chips, recut_logged(recut, chips)] if recut is not None else chips
+    chips, paths = data.train.chips, data.train.table["path"].tolist()
+    variants = [chips] + ([recut_logged(recut, chips)] if recut is not None else [])
+    # real-photo versions, made once (the same as the CPU path caches); augmentation runs on top
+    variants += [
+        degraded(chips, paths, variant, config.augment_strength) for variant in range(config.augment_variants)
+    ]
+    variants = variants if len(variants) > 1 else chips
     probe = data.probe and (data.probe.chips, data.probe.groups)
     return _feed(trainer, variants, data.val.chips, probe, data, targets, config)
 
@@ -73,7 +79,9 @@ def cached_feed(
     """The layers above `boundary`, on the frozen part's cached output; also returns the features."""
     bottom, trainer = split_at_boundary(model, boundary)
     key = (config.backbone, config.image_size, boundary)
-    features = cache.boundary_features(bottom, key, data, config.batch_size, recut)
+    features = cache.boundary_features(
+        bottom, key, data, config.batch_size, recut, config.augment_variants, config.augment_strength
+    )
     log.info("cached the frozen part's output at layer %s: %s per image", boundary, features["val"].shape[1:])
     probe = data.probe and (features["probe"], data.probe.groups)
     return _feed(trainer, features["train"], features["val"], probe, data, targets, config), features

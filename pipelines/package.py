@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="output: the pyfunc model folder")
     parser.add_argument("--splits", type=Path, required=True)
     parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--new-photos", type=Path, help="labelled new photos (labels.csv): range accuracy")
     parser.add_argument("--metrics", type=Path, required=True, help="predict-path metrics JSON")
     args = parser.parse_args()
     setup_logging()
@@ -47,7 +48,7 @@ def main() -> None:
     model_uri = tracking.log_serving_model(args.out, reference["run_id"])
     tracking.write_run_reference(args.out / "run.json", reference["run_id"], model_uri)
 
-    results = predict_path_report(args.out, pd.read_parquet(args.splits), args.images)
+    results = predict_path_report(args.out, pd.read_parquet(args.splits), args.images, args.new_photos)
     write_json(results, args.metrics)
     with tracking.start_run("", "", resume_run_id=reference["run_id"]):
         for side, metrics in results.items():

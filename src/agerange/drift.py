@@ -130,6 +130,18 @@ def range_accuracy(described: pd.DataFrame, labels: pd.DataFrame) -> dict[str, f
     }
 
 
+def new_photo_accuracy(predictor, folder: Path) -> dict[str, float]:
+    """FairFace-range accuracy of `predictor` on a folder of new photos with a `labels.csv`
+    (`filename`, `age_min`), through the whole predict path; {} when the folder has no labels."""
+    labels_file = Path(folder) / "labels.csv"
+    if not labels_file.is_file():
+        return {}
+    labels = pd.read_csv(labels_file)
+    names = labels["filename"].tolist()
+    described = describe_photos(predictor, [Path(folder) / name for name in names], names)
+    return range_accuracy(described, labels)
+
+
 def homogeneity_p_value(reference: pd.Series, current: pd.Series) -> float:
     """Chi-square test that two samples share one categorical distribution (a 2 x k table).
 

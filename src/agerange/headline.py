@@ -20,6 +20,9 @@ FIGURES = {
     "val_accuracy": ("evaluation", "val.accuracy"),
     "predict_path_test_accuracy": ("predict_path", "test.accuracy"),
     "predict_path_faces_found": ("predict_path", "test.faces_found"),
+    # this model's (not the champion's) accuracy on the labelled new photos, at their ranges
+    "new_photos_range_accuracy": ("predict_path", "new_photos.range_accuracy"),
+    "new_photos_range_within_one": ("predict_path", "new_photos.range_within_one"),
     "new_photos_drift": ("drift", "new_photos.drift"),
     "control_drift": ("drift", "control.drift"),
     "fairface_range_accuracy": ("drift", "accuracy.range_accuracy"),

@@ -26,6 +26,7 @@ from PIL import Image
 
 import agerange
 from agerange.config import PackageConfig
+from agerange.drift import new_photo_accuracy
 from agerange.faces import packaged_detector_path
 from agerange.files import atomic_path
 from agerange.predict import (
@@ -132,15 +133,21 @@ def save_serving_model(folder: Path, artifacts: dict[str, Path], info: dict[str,
     return Path(folder)
 
 
-def predict_path_report(folder: Path, splits: pd.DataFrame, images: Path) -> dict[str, dict[str, float]]:
+def predict_path_report(
+    folder: Path, splits: pd.DataFrame, images: Path, new_photos: Path | None = None
+) -> dict[str, dict[str, float]]:
     """The packaged model measured the way users meet it: every validation and test chip through
-    the whole predict path (face detection, alignment, TFLite classifier), per split."""
+    the whole predict path (face detection, alignment, TFLite classifier), per split, and with
+    `new_photos` (a labelled folder such as the shared FairFace photos: real photos, not chips)
+    its accuracy at their age ranges, an out-of-domain validation set for choosing models."""
     predictor = AgePredictor.from_directory(folder)
     results = {}
     for side in ("val", "test"):
         rows = splits[splits["split"] == side]
         photos = [images / path for path in rows["path"]]
         results[side] = predict_path_metrics(predictor, photos, rows["age_group"].to_numpy())
+    if new_photos is not None and (found := new_photo_accuracy(predictor, new_photos)):
+        results["new_photos"] = found
     return results
 
 

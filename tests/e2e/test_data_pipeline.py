@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import FAIRFACE, PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 DATA_STAGES = ["ingest", "validate", "split", "rebalance"]
@@ -58,6 +58,10 @@ def make_repo(tmp_path_factory: pytest.TempPathFactory, mini_archive: Path) -> P
     lines[source_line] = f"- path: {mini_archive}"
     data_dvc.write_text("\n".join(lines) + "\n")
     (root / "dvc.lock").unlink(missing_ok=True)
+    # params.yaml names the shared FairFace photos relative to the project: this copy lives elsewhere
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["drift"]["new_photos"] = str(FAIRFACE)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], cwd=root)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], cwd=root)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], cwd=root)

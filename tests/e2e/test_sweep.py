@@ -38,6 +38,10 @@ def test_three_trial_sweep_trains_the_best_and_registers_it(sweep_repo):
     splits = json.loads((sweep_repo / "data/reports/split.json").read_text())
     assert predict_path["test"]["n"] == splits["test"]["images"]
     assert predict_path["test"]["faces_found"] > 0.95 and 0 <= predict_path["test"]["accuracy"] <= 1
+    # and on the labelled real photos (the shared FairFace set), at their age ranges
+    new_photos = predict_path["new_photos"]
+    assert new_photos["labelled_photos"] == 270 and new_photos["photos_with_face"] > 250
+    assert 0 < new_photos["range_accuracy"] <= new_photos["range_within_one"] <= 1
 
     import mlflow
 

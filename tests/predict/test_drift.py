@@ -52,3 +52,19 @@ def test_drift_report_flags_fairface_framing_but_not_a_utkface_slice(packaged_mo
     assert {"face_box_fraction", "width", "height"} <= set(drifted["drifted"])
     assert drifted["columns"]["face_box_fraction"]["p_value"] < drifted["level_per_column"]
     assert (tmp_path / "drift.html").stat().st_size > 10_000
+
+
+def test_new_photo_accuracy_measures_a_labelled_folder_through_the_predict_path(packaged_model, tmp_path):
+    import shutil
+
+    from agerange.drift import new_photo_accuracy
+
+    labels = pd.read_csv(FAIRFACE / "labels.csv").head(6)
+    for name in labels["filename"]:
+        shutil.copy(FAIRFACE / name, tmp_path / name)
+    predictor = AgePredictor.from_directory(packaged_model)
+    assert new_photo_accuracy(predictor, tmp_path) == {}  # no labels.csv: nothing to measure
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    found = new_photo_accuracy(predictor, tmp_path)
+    assert found["labelled_photos"] == 6 and found["photos_with_face"] >= 5
+    assert 0 <= found["range_accuracy"] <= found["range_within_one"] <= 1

@@ -20,6 +20,9 @@ def main() -> None:
         "--model", type=Path, required=True, help="the package stage's model folder (with run.json)"
     )
     parser.add_argument("--evaluation", type=Path, required=True, help="the evaluate stage's metrics")
+    parser.add_argument(
+        "--predict-path", type=Path, help="the package stage's report (its new_photos figures)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON: version, alias, scores")
     args = parser.parse_args()
     setup_logging()
@@ -30,6 +33,10 @@ def main() -> None:
     reference = tracking.read_run_reference(args.model / "run.json")
     tracking.use_tracking_uri(reference["tracking_uri"])
     evaluation = json.loads(args.evaluation.read_text())
+    if args.predict_path is not None:  # the labelled new photos, which the metric may include
+        evaluation |= {
+            k: v for k, v in json.loads(args.predict_path.read_text()).items() if k == "new_photos"
+        }
     model_uri, run_id = reference["model_uri"], reference["run_id"]
     try:
         outcome = registry.register_evaluated(model_uri, run_id, evaluation, settings)

@@ -23,13 +23,15 @@ CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous_champion"
 
 
-def metric_score(values: dict, metric: str, prefix: str = "") -> float:
-    """The value of `metric` in `values`; `a+b` is the mean of metrics a and b.
+def metric_score(figures: dict, metric: str, split: str) -> float:
+    """The value of `metric` among `figures` (named `<side>_<key>`, as a version's tags are);
+    `a+b` is the mean of a and b.
 
-    `prefix` reads the same metrics from a registered version's tags (`val_accuracy`...).
+    A part is a key of `split`'s evaluation (`accuracy` reads `val_accuracy`) or names its side
+    (`new_photos.range_accuracy`: the labelled new photos' figure, the same for every split).
     """
-    parts = metric.split("+")
-    return sum(float(values[prefix + part]) for part in parts) / len(parts)
+    keys = [part.replace(".", "_", 1) if "." in part else f"{split}_{part}" for part in metric.split("+")]
+    return sum(float(figures[key]) for key in keys) / len(keys)
 
 
 def beats(candidate: float, incumbent: float | None, greater_is_better: bool = True) -> bool:
@@ -122,13 +124,10 @@ def register_evaluated(
     Raises KeyError when the split or a metric is not in the evaluation.
     """
     split, metric = settings.split, settings.metric
-    score = metric_score(evaluation[split], metric)
-    tags = {
-        "run_id": run_id,
-        "git_commit": git_commit(),
-        **{f"{side}_{key}": value for side, values in evaluation.items() for key, value in values.items()},
-        **{f"data.{path}": md5 for path, md5 in data_version().items()},
-    }
+    figures = {f"{side}_{key}": value for side, values in evaluation.items() for key, value in values.items()}
+    score = metric_score(figures, metric, split)
+    tags = {"run_id": run_id, "git_commit": git_commit(), **figures}
+    tags.update({f"data.{path}": md5 for path, md5 in data_version().items()})
     return register(
         model_uri,
         f"{split}_{metric}".replace("+", "_and_"),  # registry tag names allow no '+'
@@ -136,7 +135,7 @@ def register_evaluated(
         tags,
         settings.greater_is_better,
         settings.name,
-        score_from_tags=lambda version_tags: metric_score(version_tags, metric, prefix=f"{split}_"),
+        score_from_tags=lambda version_tags: metric_score(version_tags, metric, split),
     )
 
 

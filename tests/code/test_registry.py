@@ -84,14 +84,21 @@ def test_a_champion_registered_before_the_metric_existed_is_scored_from_its_tags
 
 def test_register_metric_is_one_evaluation_figure_or_the_mean_of_several():
     metric_score = registry.metric_score
-    figures = {"accuracy": 0.6, "within_one": 0.9}
-    assert metric_score(figures, "accuracy") == 0.6
-    assert metric_score(figures, "accuracy+within_one") == pytest.approx(0.75)
-    assert metric_score({"val_accuracy": "0.6", "val_within_one": "0.9"}, "accuracy+within_one", "val_") == (
+    figures = {
+        "val_accuracy": 0.6,
+        "val_within_one": 0.9,
+        "test_accuracy": 0.1,
+        "new_photos_range_accuracy": 0.3,
+    }
+    assert metric_score(figures, "accuracy", "val") == 0.6
+    assert metric_score(figures, "accuracy+within_one", "val") == pytest.approx(0.75)
+    # tags are strings; a part may name another side, such as the labelled new photos
+    assert metric_score({"val_accuracy": "0.6", "val_within_one": "0.9"}, "accuracy+within_one", "val") == (
         pytest.approx(0.75)
     )
+    assert metric_score(figures, "accuracy+within_one+new_photos.range_accuracy", "val") == pytest.approx(0.6)
     with pytest.raises(KeyError):
-        metric_score(figures, "accuracy+f1")
+        metric_score(figures, "accuracy+f1", "val")
 
 
 def test_register_evaluated_tags_every_figure_and_describes_the_outcome(store):

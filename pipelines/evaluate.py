@@ -12,7 +12,7 @@ import pandas as pd
 
 from agerange import tracking
 from agerange.config import load_section, setup_logging
-from agerange.evaluate import evaluate, plot_report, summary_line, worst_mistakes
+from agerange.evaluate import evaluate, plot_report, summary_line, weakest_conditions, worst_mistakes
 from agerange.files import write_csv, write_json
 from agerange.inference import predict_probabilities
 from agerange.training.data import load_split
@@ -40,6 +40,9 @@ def main() -> None:
     write_json(results, args.metrics)
     _log_to_training_run(args.model / "run.json", results, [*sorted(args.reports.glob("*.csv")), *figures])
     print(summary_line(results, args.reports))
+    print(
+        "evaluate: accuracy falls most for " + "; ".join(weakest_conditions(tables["accuracy_by_condition"]))
+    )
 
 
 Predicted = tuple[pd.DataFrame, np.ndarray]  # a split's rows and their group probabilities

@@ -115,6 +115,41 @@ def accuracy_by(table: pd.DataFrame, predicted: np.ndarray, column: str) -> pd.D
     return pd.DataFrame(rows, columns=[column, "images", "accuracy", "within_one"])
 
 
+# Image conditions measured by ingest on every chip (ingest.image_quality): blur is the variance of
+# the Laplacian (low = blurry), brightness, contrast and saturation are 0-1 means.
+CONDITIONS = ("blur", "brightness", "contrast", "saturation")
+
+
+def accuracy_by_condition(
+    table: pd.DataFrame, predicted: np.ndarray, conditions: tuple[str, ...] = CONDITIONS, bins: int = 4
+) -> pd.DataFrame:
+    """Exact and within-one accuracy per quantile bin of each image condition, with the drop from
+    the split's accuracy: which conditions the model fails in. Every row is in one bin of each."""
+    truth, overall = table["age_group"].to_numpy(), exact_accuracy(predicted, table["age_group"].to_numpy())
+    rows = []
+    for condition in (c for c in conditions if c in table):
+        values = table[condition].to_numpy(np.float64)
+        binned = pd.qcut(pd.Series(values).rank(method="first"), bins, labels=False).to_numpy()
+        for index in range(bins):
+            part = binned == index
+            accuracy = exact_accuracy(predicted[part], truth[part])
+            rows.append({
+                "condition": condition, "bin": f"{index + 1} of {bins}", "low": float(values[part].min()),
+                "high": float(values[part].max()), "images": int(part.sum()), "accuracy": accuracy,
+                "within_one": within_one(predicted[part], truth[part]), "drop": overall - accuracy,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def accuracy_by_group_and_ethnicity(table: pd.DataFrame, predicted: np.ndarray) -> pd.DataFrame:
+    """Exact accuracy (and image count) of every age group x ethnicity cell."""
+    frame = table.assign(right=(predicted == table["age_group"].to_numpy()).astype(float))
+    cells = frame.groupby(["age_group", "ethnicity"])["right"].agg(["mean", "size"]).reset_index()
+    cells["age_group"] = [GROUP_NAMES[g] for g in cells["age_group"]]
+    cells["ethnicity"] = [ETHNICITIES[e] if 0 <= e < len(ETHNICITIES) else str(e) for e in cells["ethnicity"]]
+    return cells.rename(columns={"mean": "accuracy", "size": "images"})
+
+
 def evaluate(
     table: pd.DataFrame, probabilities: np.ndarray, neighbour_weight: float = 0.0
 ) -> tuple[dict, dict[str, pd.DataFrame]]:
@@ -142,6 +177,8 @@ def evaluate(
         "off_by_n": off_by_n(groups, predicted),
         "calibration": calibration_table(groups, probabilities),
     }
+    tables["accuracy_by_condition"] = accuracy_by_condition(table, predicted)
+    tables["accuracy_by_group_and_ethnicity"] = accuracy_by_group_and_ethnicity(table, predicted)
     for column in ("ethnicity", "gender"):
         per = accuracy_by(table, predicted, column)
         tables[f"accuracy_by_{column}"] = per
@@ -191,7 +228,40 @@ def plot_report(
         write_png(_confusion_figure(plt, tables["confusion"]), out_dir / "confusion_matrix.png"),
         write_png(_calibration_figure(plt, tables["calibration"]), out_dir / "calibration.png"),
         write_png(_mistakes_figure(plt, mistakes, images_dir), out_dir / "worst_mistakes.png"),
+        write_png(
+            _conditions_figure(plt, tables["accuracy_by_condition"]), out_dir / "accuracy_by_condition.png"
+        ),
     ]
+
+
+def weakest_conditions(by_condition: pd.DataFrame, count: int = 3) -> list[str]:
+    """The condition bins where accuracy falls most below the split's, as short phrases."""
+    worst = by_condition.sort_values("drop", ascending=False).head(count)
+    return [
+        f"{row.condition} {row.low:.3g}-{row.high:.3g}: {row.accuracy:.1%} exact ({row.drop:.1%} below)"
+        for row in worst.itertuples()
+    ]
+
+
+def _conditions_figure(plt, by_condition: pd.DataFrame):
+    conditions = list(dict.fromkeys(by_condition["condition"]))
+    figure, axes = plt.subplots(1, max(len(conditions), 1), figsize=(3.2 * max(len(conditions), 1), 3.2))
+    for axis, condition in zip(np.atleast_1d(axes), conditions, strict=False):
+        rows = by_condition[by_condition["condition"] == condition]
+        axis.bar(range(len(rows)), rows["accuracy"], color="tab:blue")
+        axis.set_xticks(
+            range(len(rows)),
+            [f"{low:.2g}-{high:.2g}" for low, high in zip(rows["low"], rows["high"], strict=True)],
+            rotation=45,
+            ha="right",
+            fontsize=7,
+        )
+        axis.set_ylim(0, 1)
+        axis.set_title(condition)
+    np.atleast_1d(axes)[0].set_ylabel("exact accuracy (test split)")
+    figure.suptitle("Accuracy by image condition (quartiles of the test split)")
+    figure.tight_layout()
+    return figure
 
 
 def _confusion_figure(plt, confusion_table: pd.DataFrame):

@@ -139,6 +139,11 @@ def register_evaluated(
     )
 
 
+def set_description(version: int, text: str, name: str = MODEL_NAME) -> None:
+    """Set a registered version's description (markdown, shown by the MLflow UI): its model card."""
+    mlflow.MlflowClient().update_model_version(name, str(version), description=text)
+
+
 def describe_outcome(outcome: dict[str, Any], settings: RegisterConfig) -> str:
     """One sentence: the new version, its score, the alias it got and why."""
     split, metric = settings.split, settings.metric

@@ -129,3 +129,36 @@ def test_flip_averaging_calls_the_model_on_the_mirror():
     averaged = predict_probabilities(forward, chips, flip=True)
     assert averaged[0, 0] == pytest.approx(0.5) and averaged[0, 9] == pytest.approx(0.5)
     assert predict_probabilities(forward, chips, flip=False)[0, 0] == pytest.approx(1.0)
+
+
+def test_condition_slices_cover_every_image_and_find_where_accuracy_falls():
+    from agerange.evaluate import (
+        CONDITIONS,
+        accuracy_by_condition,
+        accuracy_by_group_and_ethnicity,
+        weakest_conditions,
+    )
+
+    rng = np.random.default_rng(0)
+    count = 400
+    table = pd.DataFrame({
+        "age_group": rng.integers(0, 10, count), "ethnicity": rng.integers(0, 5, count),
+        "blur": rng.uniform(10, 500, count), "brightness": rng.uniform(0.1, 0.9, count),
+        "contrast": np.full(count, 0.2), "saturation": rng.uniform(0, 1, count),
+    })  # fmt: skip
+    # right everywhere except on the blurriest quarter, where it is always wrong
+    blurry = table["blur"] < table["blur"].quantile(0.25)
+    predicted = np.where(blurry, (table["age_group"] + 3) % 10, table["age_group"])
+    by_condition = accuracy_by_condition(table, predicted)
+    for condition in CONDITIONS:  # each condition's bins hold every image exactly once (ties too)
+        assert by_condition.loc[by_condition["condition"] == condition, "images"].sum() == count
+    worst = by_condition.sort_values("drop", ascending=False).iloc[0]
+    assert worst["condition"] == "blur" and worst["bin"] == "1 of 4" and worst["accuracy"] == 0.0
+    assert weakest_conditions(by_condition, 1)[0].startswith("blur ")
+    cells = accuracy_by_group_and_ethnicity(table, predicted)
+    assert cells["images"].sum() == count and set(cells.columns) == {
+        "age_group",
+        "ethnicity",
+        "accuracy",
+        "images",
+    }

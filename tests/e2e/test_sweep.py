@@ -33,6 +33,8 @@ def test_three_trial_sweep_trains_the_best_and_registers_it(sweep_repo):
     assert not list((sweep_repo / "data/checkpoints/tune").glob("trial_*"))
     registration = json.loads((sweep_repo / "data/reports/registration.json").read_text())
     assert registration["alias"] == "champion" and registration["version"] == 1
+    card = (sweep_repo / "data/reports/model_card.md").read_text()
+    assert "## Intended use" in card and "## Known failure conditions" in card and "new photos" in card
     # the packaged model, measured through the whole predict path on every val and test chip
     predict_path = json.loads((sweep_repo / "data/reports/predict_path.json").read_text())
     splits = json.loads((sweep_repo / "data/reports/split.json").read_text())
@@ -55,6 +57,8 @@ def test_three_trial_sweep_trains_the_best_and_registers_it(sweep_repo):
     assert set(trials["tags.optuna.state"]) <= {"complete", "pruned"}
     assert "params.best.unfreeze_layers" in sweep.columns
     assert (sweep_repo / "data/reports/tune/optimization_history.html").is_file()
+    # the registered version carries its model card as its description (shown by the MLflow UI)
+    assert mlflow.MlflowClient().get_model_version("agerange", "1").description == card
 
     # the registered champion is the served model: predict through the registry alias
     photo = str(FAIRFACE / "fairface_0002.jpg")

@@ -1,0 +1,75 @@
+"""The model card: what a registered model is for, what it was trained on, how right it is, and
+where it fails. Written by the register stage, logged with the version and set as its description."""
+
+from typing import Any
+
+import pandas as pd
+
+INTENDED_USE = (
+    "Estimate the age range of each face in a photo (ten groups, Baby to Senior, or FairFace's "
+    "ranges through the expected age) for collections and aggregate statistics. Not for decisions "
+    "about one person (age checks, access, hiring): a third of exact answers are wrong, and "
+    "errors are larger for some groups and conditions (below)."
+)
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * float(value):.1f}%" if value is not None else "-"
+
+
+def model_card(
+    info: dict[str, Any],
+    evaluation: dict[str, dict[str, Any]],
+    predict_path: dict[str, dict[str, Any]],
+    conditions: pd.DataFrame | None,
+    version: int | None = None,
+) -> str:
+    """Markdown: intended use, model, data, every headline figure and the known failure conditions."""
+    val, test = evaluation.get("val", {}), evaluation.get("test", {})
+    lines = [
+        f"# agerange model card{f' (version {version})' if version is not None else ''}",
+        "", "## Intended use", "", INTENDED_USE, "",
+        "## Model", "",
+        f"{info.get('backbone')} at {info.get('image_size')} px, "
+        f"{info.get('ensemble_members', 1)} member(s), "
+        "fine-tuned in two phases on UTKFace chips with real-photo variants; face detection BlazeFace, "
+        "alignment like a UTKFace chip, TFLite classifier averaged with the mirror image.",
+        "", "## Data", "",
+        "UTKFace (aligned 200 x 200 chips, ages from file names), split by age group x ethnicity; "
+        "models are chosen on the validation split (and the labelled new photos), the test split "
+        "is reported once. Labels are noisy (some adults labelled 1 or 2 years old).",
+        "", "## Figures", "",
+        "| set | exact group | within one | MAE (years) | ethnicity gap | worst ethnicity |",
+        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name, figures in (("validation", val), ("test", test)):
+        lines.append(
+            f"| {name} | {_percent(figures.get('accuracy'))} | {_percent(figures.get('within_one'))} | "
+            f"{figures.get('mae_years', float('nan')):.1f} | "
+            f"{_percent(figures.get('ethnicity_accuracy_gap'))} | "
+            f"{_percent(figures.get('ethnicity_worst_accuracy'))} |"
+        )
+    path_test = predict_path.get("test", {})
+    lines.append(
+        f"| test through the predict path | {_percent(path_test.get('accuracy'))} | "
+        f"{_percent(path_test.get('within_one'))} | - | - | - |"
+    )
+    if new := predict_path.get("new_photos"):
+        lines.append(
+            f"| new photos ({new.get('labelled_photos')} labelled real photos, their age ranges) | "
+            f"{_percent(new.get('range_accuracy'))} | {_percent(new.get('range_within_one'))} | - | - | - |"
+        )
+    lines += ["", "## Known failure conditions (test split)", ""]
+    if conditions is not None and len(conditions):
+        worst = conditions.sort_values("drop", ascending=False).head(5)
+        lines += [
+            f"- {row.condition} between {row.low:.3g} and {row.high:.3g}: {_percent(row.accuracy)} exact "
+            f"({_percent(row.drop)} below the split's), {row.images} images"
+            for row in worst.itertuples()
+        ]
+    lines += [
+        "- real photos unlike UTKFace chips (see the new-photos row): lighting, blur, compression, "
+        "small faces and head turns; several faces in a photo are each answered",
+        "- make-up, glasses, head coverings and occlusions are not measured separately yet",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,28 @@
+"""The model card states intended use, every headline figure and the known failure conditions."""
+
+import pandas as pd
+
+from agerange.model_card import model_card
+
+
+def test_the_card_states_use_figures_and_where_the_model_fails():
+    evaluation = {
+        "val": {"accuracy": 0.58, "within_one": 0.94, "mae_years": 5.3, "ethnicity_accuracy_gap": 0.02},
+        "test": {"accuracy": 0.56, "within_one": 0.941, "mae_years": 5.6, "ethnicity_worst_accuracy": 0.537},
+    }
+    predict_path = {
+        "test": {"accuracy": 0.561, "within_one": 0.939},
+        "new_photos": {"labelled_photos": 270, "range_accuracy": 0.37, "range_within_one": 0.807},
+    }
+    conditions = pd.DataFrame([
+        {"condition": "blur", "low": 3.0, "high": 40.0, "images": 700, "accuracy": 0.41, "drop": 0.15},
+        {"condition": "brightness", "low": 0.6, "high": 0.9, "images": 700, "accuracy": 0.55, "drop": 0.01},
+    ])  # fmt: skip
+    card = model_card(
+        {"backbone": "mobilenet_v2", "image_size": 160}, evaluation, predict_path, conditions, 7
+    )
+    assert card.startswith("# agerange model card (version 7)") and "## Intended use" in card
+    assert "| test | 56.0% | 94.1% | 5.6 |" in card and "53.7%" in card
+    assert "| new photos (270 labelled real photos, their age ranges) | 37.0% | 80.7% |" in card
+    failures = card.split("## Known failure conditions")[1]
+    assert failures.index("blur between 3 and 40: 41.0% exact") < failures.index("brightness")

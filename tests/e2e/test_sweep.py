@@ -58,7 +58,9 @@ def test_three_trial_sweep_trains_the_best_and_registers_it(sweep_repo):
     assert "params.best.unfreeze_layers" in sweep.columns
     assert (sweep_repo / "data/reports/tune/optimization_history.html").is_file()
     # the registered version carries its model card as its description (shown by the MLflow UI)
-    assert mlflow.MlflowClient().get_model_version("agerange", "1").description == card
+    store = tracking.store_uri(sweep_repo / "mlruns")
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    assert client.get_model_version("agerange", "1").description == card
 
     # the registered champion is the served model: predict through the registry alias
     photo = str(FAIRFACE / "fairface_0002.jpg")

@@ -19,9 +19,13 @@ from typing import Any
 import yaml
 
 from agerange.files import write_json
+from agerange.labels import bins_to_ranges
 from agerange.quiet import quiet_expected_output
 
 PARAMS_FILE = Path("params.yaml")
+
+
+HEADS = ("groups", "ages")  # the classifier's output: age-group probabilities, or a distribution over years
 
 
 class ConfigError(ValueError):
@@ -70,6 +74,8 @@ class TrainConfig:
     image_size: int
     unfreeze_layers: int
     dropout: float
+    head: str  # groups (ten age-group probabilities) | ages (a distribution over years of age)
+    age_loss_weight: float  # ages head: weight of the expected age's L1 error (per 10 years) in the loss
     head_learning_rate: float
     finetune_learning_rate: float
     head_epochs: int
@@ -88,6 +94,12 @@ class TrainConfig:
     mixed_precision: str  # auto | on | off
     seed: int
 
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ConfigError(f"train.head: {self.head!r} is not a head (known: {', '.join(HEADS)})")
+        if self.head == "ages" and self.age_sigma <= 0:
+            raise ConfigError("train.age_sigma: must be > 0 with head 'ages' (the targets' spread)")
+
 
 @dataclass(frozen=True)
 class TuneSpace:
@@ -99,6 +111,8 @@ class TuneSpace:
     finetune_learning_rate: list[float]  # log scale
     dropout: list[float]
     rebalance_strategy: list[str]
+    # the heads to choose between (train.head's choices); one head: not tuned, train.head applies
+    head: list[str] = field(default_factory=lambda: ["groups"])
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,22 @@ class PackageConfig:
     min_face_pixels: int = 32
     flip: bool = True
     neighbour_weight: float = 0.5
+    # extra age ranges to answer in, [[lowest, highest], ..., [lowest, null]] covering 0 and up
+    # (e.g. FairFace's); None: the age groups only
+    ranges: list[list[int | None]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ranges is not None:
+            try:
+                if any(not isinstance(pair, list) or len(pair) != 2 for pair in self.ranges):
+                    raise ValueError("each range is [lowest, highest] (highest null for the last)")
+                bins_to_ranges([tuple(pair) for pair in self.ranges])
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"package.ranges: {error}") from None
+
+    def range_list(self) -> list[tuple[int, int | None]] | None:
+        """`ranges` as (lowest, highest) pairs."""
+        return None if self.ranges is None else [tuple(pair) for pair in self.ranges]
 
 
 @dataclass(frozen=True)

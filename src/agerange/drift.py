@@ -12,6 +12,7 @@ embedding test is a classifier's ROC AUC at telling the two sets apart, which is
 cannot be told apart whatever the embedding's scale.
 """
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from agerange import metrics
+from agerange.inference import range_name
 from agerange.ingest import QUALITY_SIZE, image_quality
 from agerange.preprocess import ImageError, read_image
 
@@ -59,8 +61,9 @@ def describe_photo(predictor, image, name: str) -> tuple[dict[str, Any], np.ndar
         row["detector_score"] = largest.detector_score
         row[PREDICTION] = largest.age_group
         row["expected_age"] = largest.expected_age
+        row["age_range"] = largest.age_range  # None unless the predictor answers in ranges
         return row, embeddings[0]
-    row.update(face_box_fraction=0.0, detector_score=0.0, expected_age=np.nan)
+    row.update(face_box_fraction=0.0, detector_score=0.0, expected_age=np.nan, age_range=None)
     row[PREDICTION] = "no face"
     return row, None
 
@@ -109,7 +112,11 @@ def project(table: pd.DataFrame, projection) -> pd.DataFrame:
 
 
 def range_accuracy(described: pd.DataFrame, labels: pd.DataFrame) -> dict[str, float]:
-    """Accuracy at FairFace's range level: the expected age of the largest face against the label.
+    """Accuracy at FairFace's range level: the largest face's answer against the label.
+
+    The answer is the FairFace range the predictor chose (column `age_range`, from the model's
+    range probabilities: `AgePredictor` with FairFace's ranges), or where it gave none, the range
+    of its expected age.
 
     Args:
         described: `describe_photos` output (column `photo` is the file name).
@@ -118,15 +125,20 @@ def range_accuracy(described: pd.DataFrame, labels: pd.DataFrame) -> dict[str, f
     merged = described.merge(labels, left_on="photo", right_on="filename")
     if merged.empty:
         return {}
-    predicted, truth = merged["expected_age"].to_numpy(np.float64), merged["age_min"].to_numpy(np.float64)
-    found = ~np.isnan(predicted)
+    predicted = metrics.fairface_ranges(merged["expected_age"].to_numpy(np.float64))
+    if "age_range" in merged:
+        names = [range_name(*pair) for pair in metrics.FAIRFACE_RANGES]
+        chosen = merged["age_range"].map(lambda name: names.index(name) if name in names else None)
+        predicted = np.where(chosen.notna(), chosen.fillna(0).astype(np.int64), predicted)
+    truth = metrics.fairface_ranges(merged["age_min"].to_numpy(np.float64))
+    found = predicted != metrics.NO_ANSWER
     return {
         "labelled_photos": int(len(merged)),
         "photos_with_face": int(found.sum()),
-        "range_accuracy": metrics.range_accuracy(predicted[found], truth[found]) if found.any() else 0.0,
-        "range_within_one": metrics.range_within_one(predicted[found], truth[found]) if found.any() else 0.0,
+        "range_accuracy": metrics.exact_accuracy(predicted[found], truth[found]) if found.any() else 0.0,
+        "range_within_one": metrics.within_one(predicted[found], truth[found]) if found.any() else 0.0,
         # photos where no face was found count as wrong here
-        "range_accuracy_all_photos": metrics.range_accuracy(predicted, truth),
+        "range_accuracy_all_photos": metrics.exact_accuracy(predicted, truth),
     }
 
 
@@ -138,8 +150,16 @@ def new_photo_accuracy(predictor, folder: Path) -> dict[str, float]:
         return {}
     labels = pd.read_csv(labels_file)
     names = labels["filename"].tolist()
-    described = describe_photos(predictor, [Path(folder) / name for name in names], names)
+    paths = [Path(folder) / name for name in names]
+    described = describe_photos(answering_in_fairface_ranges(predictor), paths, names)
     return range_accuracy(described, labels)
+
+
+def answering_in_fairface_ranges(predictor):
+    """A copy of `predictor` that also answers in FairFace's age ranges (same model and detector)."""
+    fairface = copy.copy(predictor)
+    fairface.ranges = list(metrics.FAIRFACE_RANGES)
+    return fairface
 
 
 def homogeneity_p_value(reference: pd.Series, current: pd.Series) -> float:
@@ -288,7 +308,10 @@ def describe_sets(
         ("control", sample_chips(splits, "test", settings.control_size, settings.seed)),
     ):
         tables[name] = describe_photos(predictor, [images / p for p in rows["path"]], list(rows["path"]))
-    tables["new_photos"] = describe_photos(predictor, photos, [p.name for p in photos])
+    # new photos also answered in FairFace's ranges, for range accuracy when they carry labels
+    tables["new_photos"] = describe_photos(
+        answering_in_fairface_ranges(predictor), photos, [p.name for p in photos]
+    )
     return tables
 
 

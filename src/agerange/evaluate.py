@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from agerange.files import write_png
-from agerange.inference import decode_probabilities
+from agerange.inference import decode_probabilities, group_probabilities
 from agerange.labels import ETHNICITIES, GENDERS, GROUP_NAMES
 from agerange.metrics import exact_accuracy, group_distance, mae_years, within_one
 
@@ -29,7 +29,7 @@ def classification_metrics(
         "within_one": within_one(predicted, groups),
         "mae_years": mae_years(expected_age, ages),
         "macro_f1": macro_f1(groups, predicted),
-        "ece": expected_calibration_error(groups, probabilities),
+        "ece": expected_calibration_error(groups, group_probabilities(probabilities)),
         "n": int(len(groups)),
     }
 
@@ -157,7 +157,7 @@ def evaluate(
 
     Args:
         table: the split's rows (age, age_group, ethnicity, gender).
-        probabilities: predicted group probabilities, one row per table row.
+        probabilities: the model's outputs (group or age probabilities), one row per table row.
         neighbour_weight: the decision rule's (`inference.decide_groups`); the metrics of the
             plain most-likely group are added as argmax_accuracy and argmax_within_one.
 
@@ -167,7 +167,7 @@ def evaluate(
     groups = table["age_group"].to_numpy()
     predicted, _ = decode_probabilities(probabilities, neighbour_weight)
     metrics = classification_metrics(groups, probabilities, table["age"].to_numpy(), neighbour_weight)
-    most_likely = np.asarray(probabilities).argmax(axis=1)
+    most_likely = group_probabilities(probabilities).argmax(axis=1)
     metrics["argmax_accuracy"] = exact_accuracy(most_likely, groups)
     metrics["argmax_within_one"] = within_one(most_likely, groups)
     tables = {
@@ -175,7 +175,7 @@ def evaluate(
             {"actual": [GROUP_NAMES[g] for g in groups], "predicted": [GROUP_NAMES[p] for p in predicted]}
         ),
         "off_by_n": off_by_n(groups, predicted),
-        "calibration": calibration_table(groups, probabilities),
+        "calibration": calibration_table(groups, group_probabilities(probabilities)),
     }
     tables["accuracy_by_condition"] = accuracy_by_condition(table, predicted)
     tables["accuracy_by_group_and_ethnicity"] = accuracy_by_group_and_ethnicity(table, predicted)
@@ -207,7 +207,7 @@ def worst_mistakes(
     frame = table.assign(
         predicted=predicted,
         expected_age=expected_age,
-        confidence=np.asarray(probabilities)[np.arange(len(predicted)), predicted],  # the answer's
+        confidence=group_probabilities(probabilities)[np.arange(len(predicted)), predicted],  # the answer's
         distance=group_distance(predicted, table["age_group"].to_numpy()),
     )
     wrong = frame[frame["distance"] > 0]

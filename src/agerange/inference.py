@@ -1,13 +1,95 @@
 """From model outputs to answers: the one place probabilities become age groups and ages.
 
-Training (probe, validation), evaluation, predict, serving, drift and tests all call these.
+A model has one of two heads: the group head outputs the ten age groups' probabilities; the
+distribution head outputs a distribution over single years of age (`labels.AGE_BINS`), whose
+group, range and interval probabilities are exact sums of its bins. Everything downstream takes
+either: training (probe, validation), evaluation, predict, serving, drift and tests call these.
 """
+
+from collections.abc import Sequence
 
 import numpy as np
 
-from agerange.labels import GROUP_NAMES, group_midpoints
+from agerange.labels import (
+    AGE_BINS,
+    AGE_GROUPS,
+    BINS_TO_GROUPS,
+    GROUP_NAMES,
+    MAX_AGE,
+    bins_to_ranges,
+    group_midpoints,
+)
 
 MIDPOINTS = np.asarray(group_midpoints(), dtype=np.float32)
+BIN_AGES = np.arange(AGE_BINS, dtype=np.float32)
+OLDEST_SENIOR = 81  # a group head's Senior mass is spread over 59-81, whose mean is its midpoint 70
+
+
+def is_age_distribution(outputs: np.ndarray) -> bool:
+    """Whether model outputs come from the distribution head (one column per year of age)."""
+    return np.shape(outputs)[-1] == AGE_BINS
+
+
+def group_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """The ten age groups' probabilities from either head's outputs (N, 10)."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    return outputs @ BINS_TO_GROUPS if is_age_distribution(outputs) else outputs
+
+
+def expected_ages(outputs: np.ndarray) -> np.ndarray:
+    """Expected age in years per row: over the years (distribution head) or the group midpoints."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    return outputs @ (BIN_AGES if is_age_distribution(outputs) else MIDPOINTS)
+
+
+def year_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """A distribution over single years (N, AGE_BINS) from either head: the distribution head's
+    own, or each group's probability spread evenly over its years (an approximation)."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    if is_age_distribution(outputs):
+        return outputs
+    spread = np.zeros((len(GROUP_NAMES), AGE_BINS), dtype=np.float32)
+    for index, (_, lowest, highest) in enumerate(AGE_GROUPS):
+        last = OLDEST_SENIOR if highest is None else highest
+        spread[index, lowest : last + 1] = 1.0 / (last + 1 - lowest)
+    return outputs @ spread
+
+
+def range_probabilities(outputs: np.ndarray, ranges: Sequence[tuple[int, int | None]]) -> np.ndarray:
+    """Probabilities of any age-range scheme (e.g. FairFace's 0-2, 3-9, ..., 70+), (N, len(ranges)):
+    exact sums for the distribution head, from the even spread for the group head."""
+    return year_probabilities(outputs) @ bins_to_ranges(ranges)
+
+
+def age_interval(outputs: np.ndarray, coverage: float = 0.8) -> np.ndarray:
+    """The central `coverage` interval of each row's age distribution, whole years (N, 2): the
+    youngest age at which the cumulative probability reaches (1 - coverage) / 2, and the
+    youngest at which it reaches (1 + coverage) / 2."""
+    cumulative = np.cumsum(year_probabilities(outputs), axis=1)
+    quantiles = np.array([(1 - coverage) / 2, (1 + coverage) / 2], dtype=np.float32)
+    # a little slack: float32 sums of a full distribution may end just below 1
+    found = cumulative[:, :, None] >= quantiles[None, None, :] * cumulative[:, -1:, None] - 1e-6
+    return np.minimum(found.argmax(axis=1), MAX_AGE)
+
+
+def age_in_group(outputs: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """An age consistent with the answered group, per row: the median of the age distribution
+    within that group (so a face answered 'Senior' never gets an age of 40)."""
+    years = year_probabilities(outputs)
+    inside = years * BINS_TO_GROUPS.T[np.asarray(groups, dtype=np.int64)]
+    cumulative = np.cumsum(inside, axis=1)
+    half = cumulative[:, -1:] / 2
+    median = (cumulative >= half - 1e-9).argmax(axis=1)
+    # a group the model gives no probability at all: its middle year
+    empty = cumulative[:, -1] <= 0
+    if empty.any():
+        median[empty] = np.round(MIDPOINTS[np.asarray(groups)[empty]]).astype(np.int64)
+    return median
+
+
+def range_name(lowest: int, highest: int | None) -> str:
+    """How an age range reads: '20-29', '70+'."""
+    return f"{lowest}-{highest}" if highest is not None else f"{lowest}+"
 
 
 def decide_groups(probabilities: np.ndarray, neighbour_weight: float = 0.0) -> np.ndarray:
@@ -28,25 +110,22 @@ def decide_groups(probabilities: np.ndarray, neighbour_weight: float = 0.0) -> n
 def decode_probabilities(
     probabilities: np.ndarray, neighbour_weight: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Age-group index (`decide_groups`) and expected age in years, per row of probabilities."""
-    probabilities = np.asarray(probabilities, dtype=np.float32)
-    return decide_groups(probabilities, neighbour_weight), probabilities @ MIDPOINTS
+    """Age-group index (`decide_groups`) and expected age in years, per row of either head's outputs."""
+    return decide_groups(group_probabilities(probabilities), neighbour_weight), expected_ages(probabilities)
 
 
 def group_name(index: int) -> str:
     """Display name of an age group, with its range, e.g. 'Adult (25-34)'."""
-    from agerange.labels import AGE_GROUPS
-
     name, lowest, highest = AGE_GROUPS[index]
-    return f"{name} ({lowest}-{highest})" if highest is not None else f"{name} ({lowest}+)"
+    return f"{name} ({range_name(lowest, highest)})"
 
 
 def predict_probabilities(forward, chips: np.ndarray, batch_size: int = 128, flip: bool = True) -> np.ndarray:
-    """Group probabilities for uint8 chips (N, S, S, 3), averaged with the mirrored chip when `flip`.
+    """Model outputs for uint8 chips (N, S, S, 3), averaged with the mirrored chip when `flip`.
 
     Args:
-        forward: a callable from a float32 batch to probabilities (a Keras model, a compiled
-            function or an ONNX session wrapper).
+        forward: a callable from a float32 batch to outputs (group or age probabilities): a
+            Keras model, a compiled function or an ONNX session wrapper.
         chips: face chips as produced by `preprocess.chip_pixels`.
         batch_size: chips per forward call.
         flip: test-time augmentation with the horizontal mirror (faces are near-symmetric).

@@ -6,6 +6,7 @@ rebalance, training, evaluation, predict, drift) calls `age_to_group`.
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,10 @@ AGE_GROUPS: tuple[tuple[str, int, int | None], ...] = (
 GROUP_NAMES: tuple[str, ...] = tuple(name for name, _, _ in AGE_GROUPS)
 ETHNICITIES: tuple[str, ...] = ("White", "Black", "Asian", "Indian", "Others")
 GENDERS: tuple[str, ...] = ("Male", "Female")
+
+# the distribution head: one bin per year of age 0..MAX_AGE, the last holding every older age
+MAX_AGE = 100
+AGE_BINS = MAX_AGE + 1
 
 # UTKFace: [age]_[gender]_[race]_[date&time].jpg.chip.jpg (the date has 16-18 digits in practice)
 _UTKFACE = re.compile(
@@ -84,10 +89,59 @@ def age_distribution(ages: np.ndarray, sigma: float) -> np.ndarray:
     Returns:
         float32 (N, 10), rows summing to 1.
     """
-    edges = [math.log1p(lowest - 0.5) if lowest > 0 else -math.inf for _, lowest, _ in AGE_GROUPS]
+    return _spread_over(ages, [lowest for _, lowest, _ in AGE_GROUPS], sigma)
+
+
+def age_bin_distribution(ages: np.ndarray, sigma: float) -> np.ndarray:
+    """`age_distribution` over single years 0, 1, ..., MAX_AGE (the last bin holds every older age):
+    the targets of the distribution head. The spread grows with age (log scale), so a 70-year-old's
+    target covers about +-6 years and a 5-year-old's about +-0.5 at sigma 0.085.
+
+    Returns:
+        float32 (N, AGE_BINS), rows summing to 1.
+    """
+    return _spread_over(np.minimum(np.asarray(ages, float), MAX_AGE), list(range(AGE_BINS)), sigma)
+
+
+def _spread_over(ages: np.ndarray, lowest_ages: list[int], sigma: float) -> np.ndarray:
+    """A normal on log(1 + age) around each age, integrated between consecutive lowest ages
+    (the first bin open below, the last open above)."""
+    edges = [math.log1p(lowest - 0.5) if lowest > 0 else -math.inf for lowest in lowest_ages]
     z = (np.asarray([*edges, math.inf])[None, :] - np.log1p(np.asarray(ages, float))[:, None]) / sigma
     below = 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))  # normal CDF at each edge
     return np.diff(below, axis=1).astype(np.float32)
+
+
+def bins_to_ranges(ranges: Sequence[tuple[int, int | None]]) -> np.ndarray:
+    """0/1 matrix (AGE_BINS, len(ranges)) summing single-year bins into age ranges.
+
+    `ranges` are (lowest, highest) whole years, in order, covering 0 to MAX_AGE without gaps or
+    overlaps; the last may be open (highest None). Raises ValueError naming the first bad range.
+    """
+    matrix = np.zeros((AGE_BINS, len(ranges)), dtype=np.float32)
+    expected_lowest = 0
+    for index, (lowest, highest) in enumerate(ranges):
+        if lowest != expected_lowest:
+            raise ValueError(
+                f"age range {lowest}-{highest}: starts at {lowest}, expected {expected_lowest} "
+                "(ranges must start at 0 and follow each other without gaps or overlaps)"
+            )
+        if highest is not None and highest < lowest:
+            raise ValueError(f"age range {lowest}-{highest}: ends before it starts")
+        last = MAX_AGE if highest is None or index == len(ranges) - 1 else highest
+        if highest is not None and highest >= MAX_AGE and index < len(ranges) - 1:
+            raise ValueError(f"age range {lowest}-{highest}: reaches {MAX_AGE}, so it must be the last")
+        matrix[lowest : min(last, MAX_AGE) + 1, index] = 1.0
+        expected_lowest = (highest + 1) if highest is not None else AGE_BINS
+    if expected_lowest <= MAX_AGE:
+        raise ValueError(f"age ranges end at {expected_lowest - 1}: the last must be open (e.g. [70, null])")
+    return matrix
+
+
+GROUP_RANGES: tuple[tuple[int, int | None], ...] = tuple(
+    (lowest, highest) for _, lowest, highest in AGE_GROUPS
+)
+BINS_TO_GROUPS = bins_to_ranges(GROUP_RANGES)
 
 
 def parse_utkface_name(name: str) -> Label:

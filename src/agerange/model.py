@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from agerange.backbones import backbone_layer_names, get_backbone, resolve_weights
-from agerange.labels import GROUP_NAMES
+from agerange.labels import AGE_BINS, GROUP_NAMES
+
+# head -> (output width, output layer name): ten age groups, or one bin per year of age
+HEADS = {"groups": (len(GROUP_NAMES), "age_group"), "ages": (AGE_BINS, "age_distribution")}
 
 
 def build_classifier(
@@ -20,11 +23,15 @@ def build_classifier(
     weights_dir: Path,
     dropout: float,
     weights_sha256: str | None = None,
+    head: str = "groups",
 ):
-    """A Keras model from raw RGB pixels (0-255, image_size square) to age-group probabilities.
+    """A Keras model from raw RGB pixels (0-255, image_size square) to age-group probabilities
+    (`head` "groups") or a distribution over single years of age (`head` "ages", AGE_BINS wide).
 
     The backbone starts frozen (except `small_cnn`, which has no pretrained weights).
     """
+    if head not in HEADS:
+        raise ValueError(f"{head}: unknown head (known: {', '.join(HEADS)})")
     import keras
 
     entry = get_backbone(backbone)
@@ -35,7 +42,8 @@ def build_classifier(
     x = keras.layers.GlobalAveragePooling2D(name="features")(base.output)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 output even under mixed precision, for a stable softmax and loss
-    outputs = keras.layers.Dense(len(GROUP_NAMES), activation="softmax", dtype="float32", name="age_group")(x)
+    units, name = HEADS[head]
+    outputs = keras.layers.Dense(units, activation="softmax", dtype="float32", name=name)(x)
     return keras.Model(inputs, outputs, name=f"agerange_{backbone}")
 
 

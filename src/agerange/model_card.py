@@ -13,6 +13,12 @@ INTENDED_USE = (
 )
 
 
+HEAD_WORDS = {
+    "groups": "predicting the ten age groups' probabilities",
+    "ages": "predicting a distribution over years of age (groups and ranges are its sums)",
+}
+
+
 def _percent(value: Any) -> str:
     return f"{100 * float(value):.1f}%" if value is not None else "-"
 
@@ -32,6 +38,7 @@ def model_card(
         "## Model", "",
         f"{info.get('backbone')} at {info.get('image_size')} px, "
         f"{info.get('ensemble_members', 1)} member(s), "
+        f"{HEAD_WORDS.get(info.get('head', 'groups'), '')}, "
         "fine-tuned in two phases on UTKFace chips with real-photo variants; face detection BlazeFace, "
         "alignment like a UTKFace chip, TFLite classifier averaged with the mirror image.",
         "", "## Data", "",

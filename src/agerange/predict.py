@@ -22,7 +22,17 @@ from PIL import Image
 from agerange import metrics
 from agerange.config import PackageConfig, build
 from agerange.faces import CHIP_SIZE, DETECTORS, Face, FaceDetector, align_face, select_faces
-from agerange.inference import decode_probabilities, group_name
+from agerange.inference import (
+    age_in_group,
+    age_interval,
+    decide_groups,
+    decode_probabilities,
+    group_name,
+    group_probabilities,
+    range_name,
+    range_probabilities,
+)
+from agerange.labels import AGE_BINS
 from agerange.preprocess import ImageError, chip_pixels, read_image
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
@@ -40,8 +50,12 @@ class FacePrediction:
     age_group: str
     group_index: int
     probability: float
-    expected_age: float
+    expected_age: float  # the mean of the model's age distribution (what MAE measures)
+    age_estimate: int  # an age inside the answered group: the distribution's median within it
+    age_interval: list[int]  # the central 80% of the age distribution, [youngest, oldest]
     probabilities: dict[str, float]
+    age_range: str | None = None  # the answer in `package.ranges`, when set (e.g. '20-29')
+    range_probability: float | None = None
 
 
 @dataclass
@@ -70,8 +84,9 @@ class Classifier:
         self.interpreter = tflite_interpreter(Path(model_file).read_bytes(), threads)
         self.input = self.interpreter.get_input_details()[0]
         outputs = self.interpreter.get_output_details()
-        # the probabilities are the 10-wide output; the other one is the embedding
-        self.probabilities_index = next(o["index"] for o in outputs if o["shape"][-1] == 10)
+        # the probabilities are the 10-wide (groups) or AGE_BINS-wide (ages) output; the other
+        # one is the embedding (384 to 1,280 wide)
+        self.probabilities_index = next(o["index"] for o in outputs if o["shape"][-1] in (10, AGE_BINS))
         self.features_index = next(o["index"] for o in outputs if o["index"] != self.probabilities_index)
         self.image_size = int(self.input["shape"][1])
         self.batch = 0
@@ -124,6 +139,7 @@ class AgePredictor:
         self.min_face_pixels = settings.min_face_pixels
         self.flip = settings.flip
         self.neighbour_weight = settings.neighbour_weight  # the decision rule (inference.decide_groups)
+        self.ranges = settings.range_list()
         self.image_size = int(info["image_size"])
         # the TFLite interpreters keep state between calls: servers may call from several threads
         self._lock = threading.Lock()
@@ -172,9 +188,10 @@ class AgePredictor:
             result.skipped.append("no face found" if not skipped else "no face large enough to classify")
             return result, embeddings
         groups, ages = decode_probabilities(probabilities, self.neighbour_weight)
-        for index, (face, group, age, probs) in enumerate(
-            zip(faces, groups, ages, probabilities, strict=True)
-        ):
+        group_probs = group_probabilities(probabilities)
+        estimates, intervals = age_in_group(probabilities, groups), age_interval(probabilities, 0.8)
+        in_ranges = self.range_answers(probabilities)
+        for index, (face, group, probs) in enumerate(zip(faces, groups, group_probs, strict=True)):
             result.faces.append(
                 FacePrediction(
                     face=index,
@@ -183,14 +200,28 @@ class AgePredictor:
                     age_group=group_name(int(group)),
                     group_index=int(group),
                     probability=round(float(probs[group]), 4),
-                    expected_age=round(float(age), 1),
+                    expected_age=round(float(ages[index]), 1),
+                    age_estimate=int(estimates[index]),
+                    age_interval=[int(year) for year in intervals[index]],
                     probabilities={
                         name: round(float(p), 4)
                         for name, p in zip(self.info["class_names"], probs, strict=True)
                     },
+                    **(in_ranges[index] if in_ranges else {}),
                 )
             )
         return result, embeddings
+
+    def range_answers(self, probabilities: np.ndarray) -> list[dict[str, Any]]:
+        """Each face's answer in `package.ranges` (decided like the groups), [] when none are set."""
+        if self.ranges is None:
+            return []
+        range_probs = range_probabilities(probabilities, self.ranges)
+        chosen = decide_groups(range_probs, self.neighbour_weight)
+        return [
+            {"age_range": range_name(*self.ranges[pick]), "range_probability": round(float(row[pick]), 4)}
+            for pick, row in zip(chosen, range_probs, strict=True)
+        ]
 
     def predict_file(self, source: Path | bytes, name: str | None = None) -> PhotoPrediction:
         """Predictions for a photo file or its bytes; an unreadable photo gives a result with `error`."""
@@ -290,6 +321,10 @@ def result_rows(results: list[PhotoPrediction], photo_ids: Sequence | None = Non
                     "age_group": face.age_group,
                     "probability": face.probability,
                     "expected_age": face.expected_age,
+                    "age_estimate": face.age_estimate,
+                    "age_low": face.age_interval[0],
+                    "age_high": face.age_interval[1],
+                    "age_range": face.age_range or "",
                     "note": "; ".join(result.skipped) if face.face == 0 and result.skipped else "",
                 }
             )
@@ -297,19 +332,23 @@ def result_rows(results: list[PhotoPrediction], photo_ids: Sequence | None = Non
 
 
 def format_table(results: list[PhotoPrediction]) -> str:
-    """A readable table: photo, face, box, age group, probability, expected age, notes."""
+    """A readable table: photo, face, box, age group, probability, age (its 80% interval), notes."""
     lines = [
-        f"{'photo':<40} {'face':>4}  {'box (x0,y0,x1,y1)':<22} {'age group':<22} {'prob':>5} {'age':>5}  note"
+        f"{'photo':<40} {'face':>4}  {'box (x0,y0,x1,y1)':<22} {'age group':<22} {'prob':>5} "
+        f"{'age (80%)':>12}  note"
     ]
     for row in result_rows(results):
         name = row["photo"] if len(row["photo"]) <= 40 else "..." + row["photo"][-37:]
         if row["face"] is None:
-            lines.append(f"{name:<40} {'-':>4}  {'':<22} {'':<22} {'':>5} {'':>5}  {row['note']}")
+            lines.append(f"{name:<40} {'-':>4}  {'':<22} {'':<22} {'':>5} {'':>12}  {row['note']}")
             continue
         box = ",".join(f"{row[k]:.0f}" for k in ("x0", "y0", "x1", "y1"))
+        age = f"{row['age_estimate']} ({row['age_low']}-{row['age_high']})"
+        in_range = f"range {row['age_range']}" if row["age_range"] else ""
+        note = "; ".join(part for part in (in_range, row["note"]) if part)
         lines.append(
             f"{name:<40} {row['face']:>4}  {box:<22} {row['age_group']:<22} "
-            f"{row['probability']:>5.2f} {row['expected_age']:>5.1f}  {row['note']}"
+            f"{row['probability']:>5.2f} {age:>12}  {note}"
         )
     return "\n".join(lines)
 

@@ -52,6 +52,10 @@ OUTPUT_COLUMNS = [
     "age_group",
     "probability",
     "expected_age",
+    "age_estimate",
+    "age_low",  # the central 80% of the age distribution
+    "age_high",
+    "age_range",  # the answer in package.ranges ("" when none are set)
     "error",
 ]
 
@@ -110,6 +114,7 @@ def save_serving_model(folder: Path, artifacts: dict[str, Path], info: dict[str,
         "photo": DataType.long,
         "face": DataType.long,
         "age_group": DataType.string,
+        "age_range": DataType.string,
         "error": DataType.string,
     }
     signature = ModelSignature(

@@ -13,3 +13,28 @@ def test_a_pruned_trial_leaves_no_checkpoints(tmp_path):
         (folder / "soup" / "epoch_009.npz").write_bytes(b"weights")
         raise optuna.TrialPruned("pruned at epoch 9")
     assert not folder.exists()
+
+
+def test_the_sweep_chooses_the_head_only_when_the_space_offers_two(tmp_path):
+    import dataclasses
+
+    from agerange.config import load_section, resolve
+    from agerange.tune import baseline_params, suggest
+    from tests.conftest import PROJECT_ROOT
+
+    params = PROJECT_ROOT / "params.yaml"
+    space = load_section("tune", params).space
+    train, rebalance = load_section("train", params), load_section("rebalance", params)
+    point = {
+        "backbone": "mobilenet_v2", "unfreeze_layers": 40, "head_learning_rate": 1e-3,
+        "finetune_learning_rate": 1e-4, "dropout": 0.3, "rebalance_strategy": "undersample",
+    }  # fmt: skip
+    assert "head" not in suggest(optuna.trial.FixedTrial(point), dataclasses.replace(space, head=["groups"]))
+    both = dataclasses.replace(space, head=["groups", "ages"])
+    chosen = suggest(optuna.trial.FixedTrial({**point, "head": "ages"}), both)
+    assert chosen["head"] == "ages"
+    assert resolve(train, rebalance, chosen).train.head == "ages"  # the trial trains that head
+    assert baseline_params(both, train, rebalance.strategy)["head"] == train.head
+    # one head offered: train.head applies whatever it is, and params.yaml's point stays a trial
+    ages_only = dataclasses.replace(train, head="ages")
+    assert baseline_params(dataclasses.replace(space, head=["groups"]), ages_only, rebalance.strategy)

@@ -398,3 +398,28 @@ def test_real_photo_variants_are_cached_as_the_frozen_part_sees_them_and_trainin
     result = train(config, splits, TrainOptions(tmp_path / "ckpt"))
     chips, groups = data["train"].chips, data["train"].groups
     assert (predict_probabilities(result.model, chips).argmax(1) == groups).mean() > 0.2  # chance is 0.1
+
+
+def test_the_distribution_head_learns_ages_whose_group_sums_answer_the_groups(mini_splits, tmp_path):
+    from agerange.inference import expected_ages, group_probabilities
+    from agerange.labels import AGE_BINS
+    from agerange.metrics import mae_years
+
+    data, size = mini_splits
+    config = _tiny_config(
+        size, head="ages", age_sigma=0.085, head_epochs=3, finetune_epochs=2, weight_soup=True
+    )
+    result = train(config, TrainData(data["train"], data["val"]), TrainOptions(tmp_path / "ckpt"))
+    assert result.model.output_shape[-1] == AGE_BINS
+    train_split = data["train"]
+    outputs = predict_probabilities(result.model, train_split.chips)
+    np.testing.assert_allclose(outputs.sum(axis=1), 1.0, atol=1e-4)
+    assert (group_probabilities(outputs).argmax(1) == train_split.groups).mean() > 0.2  # chance 0.1
+    ages = train_split.table["age"].to_numpy()
+    # the expected age beats the best constant answer (the median age) on the images it learnt
+    assert mae_years(expected_ages(outputs), ages) < np.abs(ages - np.median(ages)).mean()
+    # validation accuracy (early stopping, the soup) is the accuracy of the bins' group sums
+    val_outputs = predict_probabilities(result.model, data["val"].chips, flip=False)
+    assert (group_probabilities(val_outputs).argmax(1) == data["val"].groups).mean() == pytest.approx(
+        result.soup["val_accuracy"], abs=1e-6
+    )

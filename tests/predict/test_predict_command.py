@@ -173,3 +173,47 @@ def test_the_answer_follows_the_decision_rule_in_the_settings(packaged_model):
         answers[weight] = [face.group_index for face in result.faces]
         assert answers[weight] == decide_groups(probabilities, weight).tolist()
     assert answers[0.0] != answers[1.0]  # this face's answer depends on the rule
+
+
+def test_a_range_scheme_in_params_reaches_the_answer_of_a_distribution_head_model(tmp_path, capsys):
+    """params.yaml's package.ranges travel with the packaged model into predict's output, and a
+    distribution-head model answers in them with exact sums of its age distribution."""
+    import keras
+    import yaml
+
+    from agerange.config import load_section
+    from agerange.inference import range_probabilities
+    from agerange.model import build_classifier
+    from agerange.predict import AgePredictor
+    from agerange.serving import package
+    from tests.conftest import PROJECT_ROOT
+
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["package"]["ranges"] = [[0, 17], [18, 64], [65, None]]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    settings = load_section("package", tmp_path / "params.yaml")
+    keras.utils.set_random_seed(0)
+    model = build_classifier("small_cnn", 32, Path("unused"), dropout=0.1, head="ages")
+    info = {"backbone": "small_cnn", "image_size": 32, "class_names": list(GROUP_NAMES), "head": "ages"}
+    package(model, info, tmp_path / "serving", settings)
+
+    photo = FAIRFACE / "fairface_0002.jpg"
+    code, out, err = run([str(photo), "--model", str(tmp_path / "serving"), "--format", "json"], capsys)
+    assert code == 0, err
+    face = json.loads(out)[0]["faces"][0]
+    assert face["age_range"] in {"0-17", "18-64", "65+"}
+    low, high = face["age_interval"]
+    assert 0 <= low <= high <= 100 and isinstance(face["age_estimate"], int)
+    assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=2e-3)
+
+    predictor = AgePredictor.from_directory(tmp_path / "serving")
+    _, _, chips = predictor.face_chips(Image.open(photo).convert("RGB"))
+    outputs, _ = predictor.classifier(chips, flip=predictor.flip)
+    assert outputs.shape[1] == 101
+    expected = range_probabilities(outputs, [(0, 17), (18, 64), (65, None)])[0]
+    chosen = ["0-17", "18-64", "65+"].index(face["age_range"])
+    assert face["range_probability"] == pytest.approx(float(expected[chosen]), abs=1e-4)
+
+    # the table format shows the range next to the age and its interval
+    code, out, _ = run([str(photo), "--model", str(tmp_path / "serving")], capsys)
+    assert f"range {face['age_range']}" in out and f"{face['age_estimate']} ({low}-{high})" in out

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agerange.labels import GROUP_NAMES, age_distribution
+from agerange.labels import AGE_BINS, GROUP_NAMES, age_bin_distribution, age_distribution
 from agerange.preprocess import load_chips
 
 
@@ -64,12 +64,27 @@ def soft_labels(groups: np.ndarray, neighbour_smoothing: float) -> np.ndarray:
     return kernel[groups]
 
 
-def training_targets(split: SplitData, neighbour_smoothing: float, age_sigma: float) -> np.ndarray:
-    """Soft targets of a split's rows: from each face's own age when `age_sigma` > 0
-    (`labels.age_distribution`), otherwise its group with `neighbour_smoothing`."""
+def training_targets(
+    split: SplitData, neighbour_smoothing: float, age_sigma: float, head: str = "groups"
+) -> np.ndarray:
+    """Soft targets of a split's rows: for the `ages` head a distribution over years around each
+    face's age (`labels.age_bin_distribution`); for the group head, from each face's own age when
+    `age_sigma` > 0 (`labels.age_distribution`), otherwise its group with `neighbour_smoothing`."""
+    if head == "ages":
+        return age_bin_distribution(split.table["age"].to_numpy(np.float64), age_sigma)
     if age_sigma > 0:
         return age_distribution(split.table["age"].to_numpy(np.float64), age_sigma)
     return soft_labels(split.groups, neighbour_smoothing)
+
+
+def validation_targets(split: SplitData, head: str) -> np.ndarray | None:
+    """Hard targets of validation rows, which validation accuracy and the soup's choice read:
+    None (one-hot groups, `make_dataset`'s default) for the group head, one-hot years of age for
+    the `ages` head (summed into groups, each is its face's own group)."""
+    if head != "ages":
+        return None
+    years = np.minimum(split.table["age"].to_numpy(np.int64), AGE_BINS - 1)
+    return np.eye(AGE_BINS, dtype=np.float32)[years]
 
 
 def make_dataset(variants, groups, weights, batch_size, shuffle, seed, targets=None):

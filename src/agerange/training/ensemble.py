@@ -11,6 +11,7 @@ import pandas as pd
 
 from agerange.config import TrainConfig
 from agerange.files import atomic_path
+from agerange.inference import group_probabilities
 from agerange.metrics import exact_accuracy
 from agerange.model import ensemble_classifier
 from agerange.training.data import TrainData
@@ -92,7 +93,7 @@ def _combine(
     model = ensemble_classifier(models, shared_until=results[0]["boundary"])
     val = data.val
     predicted = model.predict(val.chips.astype(np.float32), batch_size=config.batch_size, verbose=0)
-    accuracy = exact_accuracy(predicted.argmax(axis=1), val.groups)
+    accuracy = exact_accuracy(group_probabilities(predicted).argmax(axis=1), val.groups)
     log.info("ensemble of %d members: validation accuracy %.4f", len(models), accuracy)
     seconds = sum(r["seconds"] for r in results)
     soup_epochs = [epoch for r in results if r["soup"] for epoch in r["soup"]["epochs"]]

@@ -11,7 +11,7 @@ import numpy as np
 from agerange.augment import degraded
 from agerange.config import TrainConfig
 from agerange.model import split_at_boundary
-from agerange.training.data import TrainData, make_dataset
+from agerange.training.data import TrainData, make_dataset, validation_targets
 from agerange.training.feature_cache import FeatureCache, Recut, recut_logged
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ def augmentation(seed: int):
 
 def _feed(trainer, train_inputs, val_inputs, probe, data: TrainData, targets, config: TrainConfig) -> Feed:
     train, val, size, seed = data.train, data.val, config.batch_size, config.seed
-    val_data = make_dataset(val_inputs, val.groups, val.weights, size, False, seed)
+    val_targets = validation_targets(val, config.head)
+    val_data = make_dataset(val_inputs, val.groups, val.weights, size, False, seed, val_targets)
 
     def reshuffled(run_seed: int):
         return make_dataset(train_inputs, train.groups, train.weights, size, True, run_seed, targets)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from agerange.config import TrainConfig
 from agerange.files import atomic_path
-from agerange.inference import decode_probabilities
+from agerange.inference import BIN_AGES, decode_probabilities
+from agerange.labels import AGE_BINS, BINS_TO_GROUPS
 from agerange.metrics import exact_accuracy
 from agerange.model import unfreeze
 from agerange.training.feeds import Feed
@@ -26,21 +27,63 @@ EpochHook = Callable[[str, int, dict[str, float]], None]  # (phase, global epoch
 
 
 def within_one(y_true, y_pred):
-    """Share of predictions at most one age group away (a Keras metric function)."""
+    """1 where the prediction is at most one age group away, per row (a Keras metric function:
+    Keras averages the rows, so a short last batch counts by its rows, not as a whole batch)."""
     from keras import ops
 
-    distance = ops.abs(ops.argmax(y_true, axis=-1) - ops.argmax(y_pred, axis=-1))
-    return ops.mean(ops.cast(distance <= 1, "float32"))
+    distance = ops.abs(ops.argmax(_groups(y_true), axis=-1) - ops.argmax(_groups(y_pred), axis=-1))
+    return ops.cast(distance <= 1, "float32")
 
 
-def compile_for(trainer, learning_rate: float, jit: bool) -> None:
-    """Adam on the soft-target cross-entropy, with exact and within-one accuracy as metrics."""
+def group_accuracy(y_true, y_pred):
+    """1 where the most likely age group is the target's, per row (a Keras metric function)."""
+    from keras import ops
+
+    hits = ops.argmax(_groups(y_true), axis=-1) == ops.argmax(_groups(y_pred), axis=-1)
+    return ops.cast(hits, "float32")
+
+
+def _groups(outputs):
+    """Age-group probabilities of a batch from either head (the distribution head's bins summed)."""
+    from keras import ops
+
+    if outputs.shape[-1] != AGE_BINS:
+        return outputs
+    return ops.matmul(ops.cast(outputs, "float32"), ops.convert_to_tensor(BINS_TO_GROUPS))
+
+
+def distribution_loss(age_loss_weight: float):
+    """The distribution head's loss (DLDL-v2): cross-entropy to the target distribution over years,
+    plus `age_loss_weight` x |expected age - the target's expected age| in tens of years."""
+    import keras
+    from keras import ops
+
+    ages = ops.convert_to_tensor(BIN_AGES)
+    cross_entropy = keras.losses.CategoricalCrossentropy(reduction=None)
+
+    def loss(y_true, y_pred):
+        y_pred = ops.cast(y_pred, "float32")
+        error = ops.abs(ops.sum(y_pred * ages, axis=-1) - ops.sum(y_true * ages, axis=-1)) / 10.0
+        return cross_entropy(y_true, y_pred) + age_loss_weight * error
+
+    return loss
+
+
+def compile_for(trainer, learning_rate: float, jit: bool, age_loss_weight: float = 1.0) -> None:
+    """Adam on the soft-target cross-entropy (and, for the distribution head, the expected age's
+    error), with exact and within-one age-group accuracy as metrics."""
     import keras
 
+    ages_head = trainer.output_shape[-1] == AGE_BINS
     trainer.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), within_one],
+        loss=distribution_loss(age_loss_weight) if ages_head else keras.losses.CategoricalCrossentropy(),
+        metrics=[
+            keras.metrics.MeanMetricWrapper(group_accuracy, name="accuracy")
+            if ages_head
+            else keras.metrics.CategoricalAccuracy(name="accuracy"),
+            within_one,
+        ],
         jit_compile=jit,
     )
 
@@ -101,7 +144,7 @@ def fit(trainer, train_data, val_data, epochs: int, patience: int, checkpoint_di
 
 def train_from_scratch(feed: Feed, config: TrainConfig, options, records: list) -> int:
     """One phase for a backbone without pretrained weights; returns the epochs run."""
-    compile_for(feed.trainer, config.head_learning_rate, options.jit)
+    compile_for(feed.trainer, config.head_learning_rate, options.jit, config.age_loss_weight)
     planned = config.head_epochs + config.finetune_epochs
     callback = epoch_callback("train", 0, planned, records, feed.probe, options.on_epoch, options.label)
     return fit(
@@ -124,7 +167,7 @@ def train_head(model, feed: Feed, config: TrainConfig, options, records: list) -
         records.extend(json.loads((checkpoint_dir / "phase1_history.json").read_text()))
         log.info("resumed after phase 1 from %s", marker)
         return 0
-    compile_for(feed.trainer, config.head_learning_rate, options.jit)
+    compile_for(feed.trainer, config.head_learning_rate, options.jit, config.age_loss_weight)
     callback = epoch_callback(
         "head", 0, config.head_epochs, records, feed.probe, options.on_epoch, options.label
     )
@@ -151,7 +194,7 @@ def fine_tune(model, feed: Feed, config: TrainConfig, options, records: list) ->
         # Every run starts where phase 1 ended and differs only in its data order (its seed),
         # so the runs stay close enough for their weights to be averaged in the soup.
         model.load_weights(phase_one_weights(checkpoint_dir))
-        compile_for(feed.trainer, config.finetune_learning_rate, options.jit)
+        compile_for(feed.trainer, config.finetune_learning_rate, options.jit, config.age_loss_weight)
         label = options.label + (f" run {run + 1}/{config.finetune_runs}" if config.finetune_runs > 1 else "")
         callbacks = [
             epoch_callback(

@@ -66,10 +66,15 @@ def train(config: TrainConfig, data: TrainData, options: TrainOptions) -> TrainR
     keras.utils.set_random_seed(config.seed)
     started = time.monotonic()
     model = build_classifier(
-        config.backbone, config.image_size, Path(config.weights_dir), config.dropout, config.weights_sha256
+        config.backbone,
+        config.image_size,
+        Path(config.weights_dir),
+        config.dropout,
+        config.weights_sha256,
+        config.head,
     )
     Path(options.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    targets = training_targets(data.train, config.neighbour_smoothing, config.age_sigma)
+    targets = training_targets(data.train, config.neighbour_smoothing, config.age_sigma, config.head)
     records: list[dict] = []
     if get_backbone(config.backbone).weights_file is None:  # nothing pretrained: one phase
         feed = full_network_feed(model, config, data, targets, recut=None)

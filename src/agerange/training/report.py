@@ -15,6 +15,9 @@ def model_info(config: TrainConfig, boundary: str | None) -> dict:
         "input": "RGB face chip, float32 pixel values 0-255, shape (image_size, image_size, 3)",
         "preprocessing": backbone.preprocessing + " (inside the model)",
         "class_names": list(GROUP_NAMES),
+        # groups: the output is the ten groups' probabilities; ages: a distribution over years
+        # 0..100 (the last is 100+) whose sums give the groups and any age range
+        "head": config.head,
         "age_ranges": [[low, high] for _, low, high in AGE_GROUPS],
         "group_midpoints": list(group_midpoints()),
         "freeze_boundary": boundary,

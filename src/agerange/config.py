@@ -65,6 +65,18 @@ class RebalanceConfig:
 
 
 @dataclass(frozen=True)
+class LabelCheckConfig:
+    """Suspected label errors in the training split (`label_noise`); never val or test."""
+
+    backbone: str  # whose pretrained pooled features the out-of-fold classifier reads
+    image_size: int
+    folds: int
+    min_group_distance: int  # report labels at least this many groups from the suggestion
+    drop: bool  # leave the reported images out of training (the rebalance stage)
+    seed: int
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """How one model is trained (params.yaml `train`, with the study's best applied by `resolve`)."""
 
@@ -111,8 +123,14 @@ class TuneSpace:
     finetune_learning_rate: list[float]  # log scale
     dropout: list[float]
     rebalance_strategy: list[str]
-    # the heads to choose between (train.head's choices); one head: not tuned, train.head applies
-    head: list[str] = field(default_factory=lambda: ["groups"])
+    # choices for these train settings; fewer than two: not tuned, params.yaml's value applies
+    head: list[str] = field(default_factory=list)
+    augment_variants: list[int] = field(default_factory=list)
+    augment_strength: list[float] = field(default_factory=list)  # choices, not a range: each is cached
+
+
+# train settings the space may offer as a list of choices
+TUNED_CHOICES = ("head", "augment_variants", "augment_strength")
 
 
 @dataclass(frozen=True)
@@ -180,6 +198,7 @@ SECTIONS: dict[str, type] = {
     "validate": ValidateConfig,
     "split": SplitConfig,
     "rebalance": RebalanceConfig,
+    "label_check": LabelCheckConfig,
     "train": TrainConfig,
     "tune": TuneConfig,
     "package": PackageConfig,

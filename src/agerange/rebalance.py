@@ -13,6 +13,11 @@ from agerange.labels import ETHNICITIES, GROUP_NAMES
 STRATEGIES = ("undersample", "oversample", "class_weight", "none")
 
 
+def without_suspected_errors(train: pd.DataFrame, drop: pd.DataFrame) -> pd.DataFrame:
+    """The training rows minus those whose path is in `drop` (the label check's list)."""
+    return train[~train["path"].isin(set(drop["path"]))]
+
+
 def rebalance(train: pd.DataFrame, strategy: str, max_per_group: int | None, seed: int) -> pd.DataFrame:
     """The training rows after rebalancing, with a `weight` column for the loss.
 

@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from agerange.config import RebalanceConfig, TrainConfig, TuneSpace, resolve
+from agerange.config import TUNED_CHOICES, RebalanceConfig, TrainConfig, TuneSpace, resolve
 from agerange.rebalance import rebalance
 from agerange.training import FeatureCache, SplitData, TrainData, TrainOptions, train
 from agerange.training.feature_cache import Recut
@@ -98,8 +98,12 @@ def suggest(trial: optuna.Trial, space: TuneSpace) -> dict[str, Any]:
     """One point of the search space (params.yaml `tune.space`)."""
     backbone = trial.suggest_categorical("backbone", space.backbone)
     low, high = space.unfreeze_layers[backbone]
-    # a head is a choice only when the space offers two: studies made before it was one stay valid
-    head = {"head": trial.suggest_categorical("head", space.head)} if len(space.head) > 1 else {}
+    # a setting is a choice only when the space offers two: studies made before it was one stay valid
+    choices = {
+        key: trial.suggest_categorical(key, getattr(space, key))
+        for key in TUNED_CHOICES
+        if len(getattr(space, key)) > 1
+    }
     return {
         "backbone": backbone,
         "unfreeze_layers": trial.suggest_int("unfreeze_layers", low, high),
@@ -109,7 +113,7 @@ def suggest(trial: optuna.Trial, space: TuneSpace) -> dict[str, Any]:
         ),
         "dropout": trial.suggest_float("dropout", *space.dropout),
         "rebalance_strategy": trial.suggest_categorical("rebalance_strategy", space.rebalance_strategy),
-        **head,
+        **choices,
     }
 
 
@@ -124,8 +128,8 @@ def baseline_params(space: TuneSpace, train: TrainConfig, strategy: str) -> dict
         for key in ("backbone", "unfreeze_layers", "head_learning_rate", "finetune_learning_rate", "dropout")
     }
     point["rebalance_strategy"] = strategy
-    if len(space.head) > 1:
-        point["head"] = train.head
+    offered = [key for key in TUNED_CHOICES if len(getattr(space, key)) > 1]
+    point.update({key: getattr(train, key) for key in offered})
     low, high = space.unfreeze_layers.get(point["backbone"], (None, None))
     inside = (
         point["backbone"] in space.backbone
@@ -133,7 +137,7 @@ def baseline_params(space: TuneSpace, train: TrainConfig, strategy: str) -> dict
         and all(getattr(space, key)[0] <= point[key] <= getattr(space, key)[1]
                 for key in ("head_learning_rate", "finetune_learning_rate", "dropout"))
         and strategy in space.rebalance_strategy
-        and (len(space.head) < 2 or train.head in space.head)
+        and all(getattr(train, key) in getattr(space, key) for key in offered)
     )  # fmt: skip
     return point if inside else None
 

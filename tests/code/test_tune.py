@@ -38,3 +38,12 @@ def test_the_sweep_chooses_the_head_only_when_the_space_offers_two(tmp_path):
     # one head offered: train.head applies whatever it is, and params.yaml's point stays a trial
     ages_only = dataclasses.replace(train, head="ages")
     assert baseline_params(dataclasses.replace(space, head=["groups"]), ages_only, rebalance.strategy)
+    # the real-photo variants' strength and number are choices the same way
+    augmented = dataclasses.replace(space, augment_variants=[0, 2], augment_strength=[0.3, 0.8])
+    picked = suggest(
+        optuna.trial.FixedTrial({**point, "augment_variants": 0, "augment_strength": 0.8}), augmented
+    )
+    assert (picked["augment_variants"], picked["augment_strength"]) == (0, 0.8)
+    assert resolve(train, rebalance, picked).train.augment_strength == 0.8
+    # params.yaml's 2 variants at 0.5 are not among these choices: its point is not queued
+    assert baseline_params(augmented, train, rebalance.strategy) is None

@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import FAIRFACE, PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
-DATA_STAGES = ["ingest", "validate", "split", "rebalance"]
+DATA_STAGES = ["ingest", "validate", "split", "label_check", "rebalance"]
 
 
 def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -84,6 +84,12 @@ def test_repro_builds_validated_split_and_rebalanced_data(repo: Path):
     assert (splits.groupby("sha256")["split"].nunique() == 1).all()
     train = pd.read_parquet(repo / "data/train.parquet")
     assert set(train["path"]) <= set(splits.loc[splits["split"] == "train", "path"])
+    # the label check reports on the training split only, and leaves everything in by default
+    assert "label_check: " in result.stdout and "kept (label_check.drop: false)" in result.stdout
+    issues = pd.read_csv(repo / "data/reports/label_issues.csv")
+    assert set(issues["path"]) <= set(splits.loc[splits["split"] == "train", "path"])
+    assert pd.read_csv(repo / "data/label_drop.csv").empty
+    assert (repo / "data/reports/label_issues.png").stat().st_size > 0
     for name in ["age_groups.csv", "ethnicities.csv", "rebalance.png"]:
         assert (repo / "data/reports/rebalance" / name).stat().st_size > 0
 

@@ -61,6 +61,8 @@ def make_repo(tmp_path_factory: pytest.TempPathFactory, mini_archive: Path) -> P
     # params.yaml names the shared FairFace photos relative to the project: this copy lives elsewhere
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["drift"]["new_photos"] = str(FAIRFACE)
+    # and the pretrained weights (the label check reads them already in the data stages)
+    params["train"]["weights_dir"] = str(PROJECT_ROOT.parent / "shared" / "weights")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], cwd=root)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], cwd=root)

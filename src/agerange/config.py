@@ -227,7 +227,7 @@ def build(kind: type, values: Any, where: str) -> Any:
     built = {}
     for name, spec in fields.items():
         if name not in values:
-            if spec.default is dataclasses.MISSING:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{where}.{name}: missing key")
             continue
         built[name] = _typed(values[name], typing.get_type_hints(kind)[name], f"{where}.{name}")

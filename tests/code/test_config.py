@@ -88,3 +88,15 @@ def test_a_cpu_run_starts_tensorflow_without_its_expected_notices_and_debug_show
 
     assert "oneDNN custom operations" not in stderr()
     assert "oneDNN custom operations" in stderr(AGERANGE_LOG_LEVEL="DEBUG")  # nothing hidden when asked
+
+
+def test_a_tune_space_written_before_the_choices_existed_still_builds():
+    from agerange.config import TuneSpace, build
+
+    older = {
+        "backbone": ["mobilenet_v2"], "unfreeze_layers": {"mobilenet_v2": [5, 20]},
+        "head_learning_rate": [0.001, 0.005], "finetune_learning_rate": [0.0001, 0.001],
+        "dropout": [0.0, 0.3], "rebalance_strategy": ["undersample"],
+    }  # fmt: skip
+    space = build(TuneSpace, older, "params.yaml: tune.space")
+    assert space.head == [] and space.augment_variants == [] and space.augment_strength == []

@@ -21,7 +21,7 @@ def _tiny_config(size: int, **changes) -> TrainConfig:
         backbone="mobilenet_v2", image_size=size, weights_dir=str(WEIGHTS), unfreeze_layers=20, dropout=0.1,
         head_learning_rate=3e-3, finetune_learning_rate=3e-4, patience=5, batch_size=32,
         neighbour_smoothing=0.1, age_sigma=0.0, realign=False, weight_soup=False, finetune_runs=1,
-        ensemble_members=1, augment_variants=0, seed=1,
+        ensemble_members=1, augment_variants=0, head="groups", seed=1,
     )  # fmt: skip
     return dataclasses.replace(load_section("train", PROJECT_ROOT / "params.yaml"), **{**tiny, **changes})
 

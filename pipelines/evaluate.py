@@ -9,10 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from agerange import tracking
 from agerange.config import load_section, setup_logging
-from agerange.evaluate import evaluate, plot_report, summary_line, weakest_conditions, worst_mistakes
+from agerange.evaluate import (
+    LOWEST_DETECTOR_SCORE,
+    detector_conditions,
+    evaluate,
+    plot_report,
+    summary_line,
+    weakest_conditions,
+    worst_mistakes,
+)
+from agerange.faces import FaceDetector
 from agerange.files import write_csv, write_json
 from agerange.inference import predict_probabilities
 from agerange.training.data import load_split
@@ -31,10 +41,14 @@ def main() -> None:
     package = load_section("package")
     splits = pd.read_parquet(args.splits)
     val, test = _predict(args.model, splits, args.images, package.flip)
-    results = {"val": evaluate(*val, package.neighbour_weight)[0]}
-    results["test"], tables = evaluate(*test, package.neighbour_weight)
+    detector = FaceDetector(package.detector, min_score=LOWEST_DETECTOR_SCORE)
+    val, test = (_measure_faces(*predicted, args.images, detector) for predicted in (val, test))
+    val_metrics, val_tables = evaluate(*val, package.neighbour_weight)
+    test_metrics, tables = evaluate(*test, package.neighbour_weight)
+    results = {"val": val_metrics, "test": test_metrics}
     for name, table in tables.items():
         write_csv(table, args.reports / f"{name}.csv")
+    write_csv(val_tables["accuracy_by_condition"], args.reports / "accuracy_by_condition_val.csv")
     mistakes = worst_mistakes(*test, neighbour_weight=package.neighbour_weight)
     figures = plot_report(tables, mistakes, args.images, args.reports)
     write_json(results, args.metrics)
@@ -60,6 +74,13 @@ def _predict(model_dir: Path, splits: pd.DataFrame, images: Path, flip: bool) ->
         chips = load_split(rows, images, info["image_size"]).chips
         predicted.append((rows, predict_probabilities(model, chips, flip=flip)))
     return predicted[0], predicted[1]
+
+
+def _measure_faces(rows: pd.DataFrame, probabilities: np.ndarray, images: Path, detector) -> Predicted:
+    """The split's rows with the detector's face size, head roll and score beside ingest's
+    conditions, measured on the 200 px chips as they are stored."""
+    chips = (Image.open(images / path).convert("RGB") for path in rows["path"])
+    return pd.concat([rows, detector_conditions(chips, detector)], axis=1), probabilities
 
 
 def _log_to_training_run(reference: Path, results: dict[str, dict], artifacts: list[Path]) -> None:

@@ -1,9 +1,12 @@
 """Evaluation: accuracy, within-one, MAE, macro-F1, confusion, calibration, fairness gaps, figures."""
 
+import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from agerange.files import write_png
 from agerange.inference import decode_probabilities, group_probabilities
@@ -116,27 +119,61 @@ def accuracy_by(table: pd.DataFrame, predicted: np.ndarray, column: str) -> pd.D
 
 
 # Image conditions measured by ingest on every chip (ingest.image_quality): blur is the variance of
-# the Laplacian (low = blurry), brightness, contrast and saturation are 0-1 means.
-CONDITIONS = ("blur", "brightness", "contrast", "saturation")
+# the Laplacian (low = blurry), brightness, contrast and saturation are 0-1 means. The face
+# detector measures three more (`detector_conditions`): the face box's side as a share of the
+# chip's, the head's roll (the eye line's angle from level, in degrees) and the detector's score.
+IMAGE_CONDITIONS = ("blur", "brightness", "contrast", "saturation")
+DETECTOR_CONDITIONS = ("face_size", "head_roll", "detector_score")
+CONDITIONS = IMAGE_CONDITIONS + DETECTOR_CONDITIONS
+# Faces the detector is this unsure of are still measured: predict would skip some of them, and
+# where accuracy stands on such faces is part of what the slices show.
+LOWEST_DETECTOR_SCORE = 0.1
+NO_FACE = "no face found"
+
+
+def detector_conditions(chips: Iterable[Image.Image], detector) -> pd.DataFrame:
+    """face_size, head_roll and detector_score of the largest face in each chip, as predict's
+    detector (`faces.FaceDetector`) finds it; a chip without a face gets NaN face_size and
+    head_roll and a detector_score of 0."""
+    rows = []
+    for chip in chips:
+        faces = detector.find_faces(chip)
+        if not faces:
+            rows.append((np.nan, np.nan, 0.0))
+            continue
+        face = max(faces, key=lambda found: found.width)
+        (left_x, left_y), (right_x, right_y) = face.eyes
+        roll = abs(math.degrees(math.atan2(right_y - left_y, right_x - left_x)))
+        rows.append((face.size / chip.width, roll, face.score))
+    return pd.DataFrame(rows, columns=list(DETECTOR_CONDITIONS), dtype=np.float64)
 
 
 def accuracy_by_condition(
     table: pd.DataFrame, predicted: np.ndarray, conditions: tuple[str, ...] = CONDITIONS, bins: int = 4
 ) -> pd.DataFrame:
     """Exact and within-one accuracy per quantile bin of each image condition, with the drop from
-    the split's accuracy: which conditions the model fails in. Every row is in one bin of each."""
+    the split's accuracy: which conditions the model fails in. Every row is in one bin of each:
+    rows where a condition could not be measured (no face found) form a bin of their own."""
     truth, overall = table["age_group"].to_numpy(), exact_accuracy(predicted, table["age_group"].to_numpy())
     rows = []
     for condition in (c for c in conditions if c in table):
         values = table[condition].to_numpy(np.float64)
-        binned = pd.qcut(pd.Series(values).rank(method="first"), bins, labels=False).to_numpy()
-        for index in range(bins):
-            part = binned == index
+        measured = ~np.isnan(values)
+        binned = np.full(len(values), -1)
+        if measured.sum() >= bins:
+            ranks = pd.Series(values[measured]).rank(method="first")
+            binned[measured] = pd.qcut(ranks, bins, labels=False).to_numpy()
+        parts = [(f"{index + 1} of {bins}", binned == index) for index in range(bins)]
+        for name, part in [*parts, (NO_FACE, binned == -1)]:
+            if not part.any():
+                continue
             accuracy = exact_accuracy(predicted[part], truth[part])
+            known = values[part][~np.isnan(values[part])]
             rows.append({
-                "condition": condition, "bin": f"{index + 1} of {bins}", "low": float(values[part].min()),
-                "high": float(values[part].max()), "images": int(part.sum()), "accuracy": accuracy,
-                "within_one": within_one(predicted[part], truth[part]), "drop": overall - accuracy,
+                "condition": condition, "bin": name, "low": float(known.min()) if len(known) else np.nan,
+                "high": float(known.max()) if len(known) else np.nan, "images": int(part.sum()),
+                "accuracy": accuracy, "within_one": within_one(predicted[part], truth[part]),
+                "drop": overall - accuracy,
             })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -238,9 +275,14 @@ def weakest_conditions(by_condition: pd.DataFrame, count: int = 3) -> list[str]:
     """The condition bins where accuracy falls most below the split's, as short phrases."""
     worst = by_condition.sort_values("drop", ascending=False).head(count)
     return [
-        f"{row.condition} {row.low:.3g}-{row.high:.3g}: {row.accuracy:.1%} exact ({row.drop:.1%} below)"
+        f"{row.condition} {_bin_span(row.low, row.high)}: {row.accuracy:.1%} exact ({row.drop:.1%} below, "
+        f"{row.images} images)"
         for row in worst.itertuples()
     ]
+
+
+def _bin_span(low: float, high: float) -> str:
+    return NO_FACE if np.isnan(low) else f"{low:.3g}-{high:.3g}"
 
 
 def _conditions_figure(plt, by_condition: pd.DataFrame):
@@ -251,7 +293,7 @@ def _conditions_figure(plt, by_condition: pd.DataFrame):
         axis.bar(range(len(rows)), rows["accuracy"], color="tab:blue")
         axis.set_xticks(
             range(len(rows)),
-            [f"{low:.2g}-{high:.2g}" for low, high in zip(rows["low"], rows["high"], strict=True)],
+            [_bin_span(low, high) for low, high in zip(rows["low"], rows["high"], strict=True)],
             rotation=45,
             ha="right",
             fontsize=7,

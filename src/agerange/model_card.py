@@ -70,7 +70,7 @@ def model_card(
     if conditions is not None and len(conditions):
         worst = conditions.sort_values("drop", ascending=False).head(5)
         lines += [
-            f"- {row.condition} between {row.low:.3g} and {row.high:.3g}: {_percent(row.accuracy)} exact "
+            f"- {row.condition} {_where(row)}: {_percent(row.accuracy)} exact "
             f"({_percent(row.drop)} below the split's), {row.images} images"
             for row in worst.itertuples()
         ]
@@ -80,3 +80,10 @@ def model_card(
         "- make-up, glasses, head coverings and occlusions are not measured separately yet",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _where(row) -> str:
+    """A condition bin in words: its range, or 'where no face was found' (it has none)."""
+    if pd.isna(row.low):
+        return "where the detector found no face"
+    return f"between {row.low:.3g} and {row.high:.3g}"

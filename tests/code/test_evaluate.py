@@ -133,7 +133,7 @@ def test_flip_averaging_calls_the_model_on_the_mirror():
 
 def test_condition_slices_cover_every_image_and_find_where_accuracy_falls():
     from agerange.evaluate import (
-        CONDITIONS,
+        IMAGE_CONDITIONS,
         accuracy_by_condition,
         accuracy_by_group_and_ethnicity,
         weakest_conditions,
@@ -150,7 +150,7 @@ def test_condition_slices_cover_every_image_and_find_where_accuracy_falls():
     blurry = table["blur"] < table["blur"].quantile(0.25)
     predicted = np.where(blurry, (table["age_group"] + 3) % 10, table["age_group"])
     by_condition = accuracy_by_condition(table, predicted)
-    for condition in CONDITIONS:  # each condition's bins hold every image exactly once (ties too)
+    for condition in IMAGE_CONDITIONS:  # each condition's bins hold every image exactly once (ties too)
         assert by_condition.loc[by_condition["condition"] == condition, "images"].sum() == count
     worst = by_condition.sort_values("drop", ascending=False).iloc[0]
     assert worst["condition"] == "blur" and worst["bin"] == "1 of 4" and worst["accuracy"] == 0.0

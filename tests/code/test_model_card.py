@@ -17,6 +17,8 @@ def test_the_card_states_use_figures_and_where_the_model_fails():
     conditions = pd.DataFrame([
         {"condition": "blur", "low": 3.0, "high": 40.0, "images": 700, "accuracy": 0.41, "drop": 0.15},
         {"condition": "brightness", "low": 0.6, "high": 0.9, "images": 700, "accuracy": 0.55, "drop": 0.01},
+        {"condition": "face_size", "bin": "no face found", "low": float("nan"), "high": float("nan"),
+         "images": 40, "accuracy": 0.45, "drop": 0.11},
     ])  # fmt: skip
     card = model_card(
         {"backbone": "mobilenet_v2", "image_size": 160}, evaluation, predict_path, conditions, 7
@@ -26,3 +28,4 @@ def test_the_card_states_use_figures_and_where_the_model_fails():
     assert "| new photos (270 labelled real photos, their age ranges) | 37.0% | 80.7% |" in card
     failures = card.split("## Known failure conditions")[1]
     assert failures.index("blur between 3 and 40: 41.0% exact") < failures.index("brightness")
+    assert "face_size where the detector found no face: 45.0% exact" in failures

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from agerange.labels import AGE_BINS
 from tests.conftest import FAIRFACE, PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -154,6 +155,11 @@ def test_train_and_evaluate_are_tracked_in_mlflow(repo: Path):
     for name in ("confusion_matrix.png", "worst_mistakes.png", "calibration.png", "off_by_n.csv",
                  "accuracy_by_ethnicity.csv", "accuracy_by_gender.csv", "confusion.csv"):  # fmt: skip
         assert (repo / "data/reports/evaluation" / name).stat().st_size > 0
+    # test and validation accuracy sliced by ingest's image conditions and the detector's
+    for name in ("accuracy_by_condition.csv", "accuracy_by_condition_val.csv"):
+        by_condition = pd.read_csv(repo / "data/reports/evaluation" / name)
+        assert {"blur", "face_size", "head_roll", "detector_score"} <= set(by_condition["condition"])
+    assert "evaluate: accuracy falls most for " in result.stdout
 
     import mlflow
     from mlflow import MlflowClient
@@ -181,5 +187,7 @@ def test_train_and_evaluate_are_tracked_in_mlflow(repo: Path):
     model = registry.load_keras_model(reference["model_uri"])
     info = registry.load_model_info(reference["model_uri"])
     assert info["image_size"] == 48 and len(info["class_names"]) == 10 and info["ensemble_members"] == 2
+    # params.yaml's head: a distribution over the years 0-100, the age groups being sums of it
+    assert info["head"] == "ages"
     probabilities = np.asarray(model(np.zeros((2, 48, 48, 3), dtype="float32")))
-    assert probabilities.shape == (2, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    assert probabilities.shape == (2, AGE_BINS) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)

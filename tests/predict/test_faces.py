@@ -141,3 +141,35 @@ def test_unknown_detector_and_wrong_model_file_are_one_line_errors(tmp_path: Pat
     damaged.write_bytes(damaged.read_bytes()[:-1] + b"\0")
     with pytest.raises(DetectorError, match="wrong checksum"):
         FaceDetector("blazeface_short", 0.6, model_path=damaged)
+
+
+def test_detector_conditions_measure_face_size_head_roll_and_score_and_slice_every_chip(mini_chips):
+    import pandas as pd
+
+    from agerange.evaluate import LOWEST_DETECTOR_SCORE, NO_FACE, accuracy_by_condition, detector_conditions
+
+    detector = FaceDetector(PackageConfig().detector, LOWEST_DETECTOR_SCORE)
+    chips = mini_chips[:12]
+    tilted = [chip.rotate(20, resample=Image.BILINEAR) for chip in chips]  # counter-clockwise, 20 degrees
+    small = []
+    for chip in chips:  # the same face at half the size, in the middle of a grey chip
+        canvas = Image.new("RGB", chip.size, (110, 110, 110))
+        canvas.paste(chip.resize((chip.width // 2, chip.height // 2)), (chip.width // 4, chip.height // 4))
+        small.append(canvas)
+    blank = [Image.new("RGB", (200, 200), (120, 130, 140))]
+    measured = detector_conditions([*chips, *tilted, *small, *blank], detector)
+
+    plain, turned, smaller, nothing = measured[:12], measured[12:24], measured[24:36], measured[36:]
+    assert plain["face_size"].median() == pytest.approx(CHIP_FACE["size"], abs=0.08)
+    assert plain["head_roll"].median() < 5 and turned["head_roll"].median() == pytest.approx(20, abs=5)
+    assert smaller["face_size"].median() == pytest.approx(plain["face_size"].median() / 2, rel=0.15)
+    assert (plain["detector_score"] > 0.6).mean() > 0.8
+    assert nothing["detector_score"].tolist() == [0.0] and nothing["face_size"].isna().all()
+
+    # the slices hold every chip once per condition; the chip without a face is a bin of its own
+    table = pd.concat([pd.DataFrame({"age_group": np.arange(len(measured)) % 10}), measured], axis=1)
+    by_condition = accuracy_by_condition(table, table["age_group"].to_numpy())
+    for condition in ("face_size", "head_roll", "detector_score"):
+        rows = by_condition[by_condition["condition"] == condition]
+        assert rows["images"].sum() == len(measured)
+    assert by_condition.loc[by_condition["bin"] == NO_FACE, "condition"].tolist() == ["face_size", "head_roll"]

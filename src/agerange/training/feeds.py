@@ -10,7 +10,7 @@ import numpy as np
 
 from agerange.augment import degraded
 from agerange.config import TrainConfig
-from agerange.model import split_at_boundary
+from agerange.model import HEADS, split_at_boundary
 from agerange.training.data import TrainData, make_dataset, validation_targets
 from agerange.training.feature_cache import FeatureCache, Recut, recut_logged
 
@@ -98,6 +98,7 @@ def pooled_head_feed(
     pooled = cache.pooled_features(model, boundary, key, features, data)
     inputs = keras.Input(pooled["val"].shape[1:], name="pooled")
     # the model's own head layers: training them here trains the model
-    trainer = keras.Model(inputs, model.get_layer("age_group")(model.get_layer("head_dropout")(inputs)))
+    output = model.get_layer(HEADS[config.head][1])  # ten groups or the distribution over years
+    trainer = keras.Model(inputs, output(model.get_layer("head_dropout")(inputs)))
     probe = data.probe and (pooled["probe"], data.probe.groups)
     return _feed(trainer, pooled["train"], pooled["val"], probe, data, targets, config)

@@ -1,23 +1,38 @@
-"""The nightly sweep: tune within a time budget, retrain the best, register it if it is better.
+"""The nightly sweep: tune within a time budget, retrain the best, register it, check drift.
 
     python pipelines/nightly.py [--trials N] [--timeout-minutes M] [--log-dir data/logs]
 
 Warm-starts from the existing study (its finished trials guide the sampler), refuses to start
 while another sweep holds the lock, logs to a file, and exits non-zero when any step fails.
-The registry's `champion` moves only to a better model (see the register stage).
+The registry's `champion` moves only to a better model (see the register stage); the drift
+stage then checks the new photos against the champion.
+
+When it registers a version, the dvc.lock and params that built it are committed on a branch of
+their own, `nightly/<date>-v<version>` (not a DVC experiment: a plain branch any git host
+shows), its outputs are pushed to the DVC remote, and the version's `git_commit` tag names that
+commit (`trained_from_commit` keeps the working copy's own). Then dvc.lock and params.yaml are
+put back as they were found and `dvc checkout` restores the outputs they name: the working copy
+ends as it started, the new model lives in the registry and on its branch.
 """
 
 import argparse
 import datetime as dt
 import fcntl
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from agerange.config import ConfigError, fail, load_section
+from agerange.record import Found, RecordError, commit_working_tree, restore_files, saved_files
 
 LOCKED_EXIT = 75  # EX_TEMPFAIL: another sweep is running; try again later
+REGISTRATION = Path("data/reports/registration.json")  # dvc.yaml's paths.registration
+RUN_REFERENCE = Path("data/model/run.json")  # the trained model's MLflow run and store
+PUT_BACK = ("dvc.lock", "params.yaml")  # what the nightly changes in git's view of the working copy
 
 
 def nightly_steps(python: str, trials: int, timeout_minutes: float) -> list[list[str]]:
@@ -27,9 +42,49 @@ def nightly_steps(python: str, trials: int, timeout_minutes: float) -> list[list
          "--out", "data/training.json", "--reports", "data/reports/tune",
          "--checkpoints", "data/checkpoints/tune", "--add-trials", str(trials),
          "--timeout-minutes", str(timeout_minutes)],
-        # The tune stage re-reads the study's best; train, evaluate and register follow if it changed.
-        [python, "-m", "dvc", "repro", "register"],
+        # The tune stage re-reads the study's best; train, evaluate, register and drift follow if
+        # it changed (drift also when only the champion did).
+        [python, "-m", "dvc", "repro", "drift"],
     ]  # fmt: skip
+
+
+def registered_version(registration: Path = REGISTRATION) -> int | None:
+    """The version the register stage last registered (None before any)."""
+    return json.loads(registration.read_text())["version"] if registration.is_file() else None
+
+
+def record_version(version: int, log_file: Path, python: str) -> int:
+    """Commit the dvc.lock and params that built `version` on a branch, push its outputs to the
+    DVC remote and tag the version with that commit; 0, or the failing step's status."""
+    from agerange import registry, tracking
+
+    branch = f"nightly/{dt.datetime.now():%Y-%m-%d-%H%M%S}-v{version}"
+    try:
+        commit = commit_working_tree(
+            Path("."), branch, f"nightly: model version {version}, the dvc.lock and params that built it"
+        )
+    except RecordError as error:
+        print(f"nightly: no record of version {version}: {error}", file=sys.stderr)
+        return 1
+    status = run_steps([[python, "-m", "dvc", "push"]], log_file, python)
+    tracking.use_tracking_uri(tracking.read_run_reference(RUN_REFERENCE)["tracking_uri"])
+    trained_from = registry.version_tags(version).get("git_commit", "unknown")
+    registry.tag_version(
+        version, {"git_commit": commit, "record_branch": branch, "trained_from_commit": trained_from}
+    )
+    print(f"nightly: version {version} recorded as {commit[:12]} on branch {branch}")
+    return status
+
+
+def put_back(saved: dict[str, Found], log_file: Path, python: str) -> int:
+    """dvc.lock and params.yaml as the nightly found them (files and git index), and the outputs
+    that lock names."""
+    restore_files(Path("."), saved)
+    # only the stages that lock names: outputs of stages it lacks stay as the nightly left them
+    stages = list((yaml.safe_load(saved["dvc.lock"].content or b"") or {}).get("stages", {}))
+    if not stages:
+        return 0
+    return run_steps([[python, "-m", "dvc", "checkout", *stages]], log_file, python)
 
 
 def run_steps(steps: list[list[str]], log_file: Path, python: str) -> int:
@@ -75,8 +130,12 @@ def main() -> int:
 
     args.log_dir.mkdir(parents=True, exist_ok=True)
     log_file = args.log_dir / f"nightly-{dt.datetime.now():%Y%m%d-%H%M%S}.log"
+    found, before = saved_files(Path("."), PUT_BACK), registered_version()
     steps = nightly_steps(sys.executable, args.trials, args.timeout_minutes)
     status = run_steps(steps, log_file, python=sys.executable)
+    if status == 0 and (version := registered_version()) != before:
+        status = record_version(version, log_file, sys.executable)
+    status = put_back(found, log_file, sys.executable) or status
     if status == 0:
         print(f"nightly: done; log in {log_file}")
     return status

@@ -160,6 +160,18 @@ def describe_outcome(outcome: dict[str, Any], settings: RegisterConfig) -> str:
     )
 
 
+def version_tags(version: int, name: str = MODEL_NAME) -> dict[str, str]:
+    """A registered version's tags."""
+    return dict(mlflow.MlflowClient().get_model_version(name, str(version)).tags)
+
+
+def tag_version(version: int, tags: dict[str, str], name: str = MODEL_NAME) -> None:
+    """Set tags on a registered version (a later value replaces an earlier one)."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+
+
 def aliases(name: str = MODEL_NAME) -> dict[str, int]:
     """Alias -> version number of a registered model."""
     model = mlflow.MlflowClient().get_registered_model(name)

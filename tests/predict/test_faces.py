@@ -172,4 +172,5 @@ def test_detector_conditions_measure_face_size_head_roll_and_score_and_slice_eve
     for condition in ("face_size", "head_roll", "detector_score"):
         rows = by_condition[by_condition["condition"] == condition]
         assert rows["images"].sum() == len(measured)
-    assert by_condition.loc[by_condition["bin"] == NO_FACE, "condition"].tolist() == ["face_size", "head_roll"]
+    no_face = by_condition.loc[by_condition["bin"] == NO_FACE, "condition"]
+    assert no_face.tolist() == ["face_size", "head_roll"]

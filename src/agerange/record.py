@@ -77,13 +77,19 @@ class Found:
     index_entry: str | None  # "mode sha stage\tpath", as `git ls-files --stage` prints it
 
 
+def in_git_repository(root: Path) -> bool:
+    return subprocess.run(["git", "rev-parse", "--git-dir"], cwd=root, capture_output=True).returncode == 0
+
+
 def saved_files(root: Path, names: tuple[str, ...]) -> dict[str, Found]:
-    """Each file's bytes and index entry, to put back with `restore_files`."""
+    """Each file's bytes and index entry (None outside a git repository), to put back with
+    `restore_files`."""
     root = Path(root)
+    tracked = in_git_repository(root)
     return {
         name: Found(
             (root / name).read_bytes() if (root / name).is_file() else None,
-            git(root, "ls-files", "--stage", "--", name) or None,
+            (git(root, "ls-files", "--stage", "--", name) or None) if tracked else None,
         )
         for name in names
     }
@@ -92,6 +98,7 @@ def saved_files(root: Path, names: tuple[str, ...]) -> dict[str, Found]:
 def restore_files(root: Path, saved: dict[str, Found]) -> None:
     """Put files and their index entries back as `saved_files` found them."""
     root = Path(root)
+    tracked = in_git_repository(root)
     for name, found in saved.items():
         path = root / name
         if found.content is None:
@@ -99,6 +106,8 @@ def restore_files(root: Path, saved: dict[str, Found]) -> None:
         elif not path.is_file() or path.read_bytes() != found.content:
             with atomic_path(path) as temporary:
                 temporary.write_bytes(found.content)
+        if not tracked:
+            continue
         if found.index_entry is None:
             git(root, "rm", "--cached", "--quiet", "--ignore-unmatch", "--", name)
         else:

@@ -58,3 +58,11 @@ def test_saved_files_come_back_byte_for_byte_or_absent_and_so_do_their_index_ent
     assert (repo / "params.yaml").read_text() == "seed: 1\n" and not (repo / "dvc.lock").exists()
     assert (repo / "code.py").read_text() == "print('staged')\n"
     assert _git(repo, "status", "--porcelain") == status
+
+
+def test_outside_a_git_repository_files_still_come_back(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    saved = saved_files(tmp_path, ("params.yaml", "dvc.lock"))
+    (tmp_path / "params.yaml").write_text("seed: 2\n")
+    restore_files(tmp_path, saved)
+    assert (tmp_path / "params.yaml").read_text() == "seed: 1\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from agerange import registry
+from agerange import registry, tracking
 from agerange.config import ConfigError, fail, load_section, setup_logging
 from agerange.drift import describe_sets, drift_summary, summary_line
 from agerange.files import write_json
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, required=True, help="the new-photos folder")
     parser.add_argument("--splits", type=Path, required=True)
     parser.add_argument("--images", type=Path, required=True)
-    parser.add_argument("--store", type=Path, required=True, help="MLflow tracking store folder")
+    tracking.add_store_argument(parser)
     parser.add_argument("--reports", type=Path, required=True, help="folder for the HTML reports and tables")
     parser.add_argument("--summary", type=Path, required=True, help="JSON summary")
     parser.add_argument(

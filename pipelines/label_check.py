@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, required=True, help="CSV of every suspect")
     parser.add_argument("--sheet", type=Path, required=True, help="PNG of the most doubtful images")
     parser.add_argument("--drop", type=Path, required=True, help="CSV of the images training leaves out")
-    parser.add_argument("--store", type=Path, required=True, help="MLflow tracking store folder")
+    tracking.add_store_argument(parser)
     args = parser.parse_args()
     setup_logging()
     started = time.monotonic()

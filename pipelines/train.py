@@ -42,7 +42,7 @@ def main() -> None:
                        ("history", "per-epoch CSV (DVC plots)"), ("metrics", "JSON summary"),
                        ("checkpoints", "epoch checkpoints, kept until done")]:  # fmt: skip
         parser.add_argument(f"--{name}", type=Path, required=True, help=text)
-    parser.add_argument("--store", type=Path, default=Path("mlruns"), help="MLflow tracking store folder")
+    tracking.add_store_argument(parser)
     args = parser.parse_args()
     setup_logging()
     try:
@@ -52,7 +52,7 @@ def main() -> None:
     config = resolved.train
     if resolved.tuned:
         logging.getLogger("train").info("using the tuned params: %s", resolved.tuned)
-    device = configure_device(config.mixed_precision)
+    device = configure_device(config.mixed_precision, config.deterministic, config.threads)
     data = _decode(args, config)
     with _training_run(args, resolved, device, data) as run_id:
         options = TrainOptions(

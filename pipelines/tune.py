@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the resolved training configuration (JSON)")
     parser.add_argument("--reports", type=Path, required=True, help="folder for the trials table and plots")
     parser.add_argument("--checkpoints", type=Path, required=True, help="per-trial epoch checkpoints")
-    parser.add_argument("--store", type=Path, default=Path("mlruns"))
+    tracking.add_store_argument(parser)
     parser.add_argument("--storage", help="Optuna storage URL (overrides tune.storage)")
     parser.add_argument("--add-trials", type=int, help="run this many more trials than the study has")
     parser.add_argument("--timeout-minutes", type=float, help="overrides tune.timeout_minutes")
@@ -60,7 +60,12 @@ def main() -> None:
         tune, train, rebalance = (load_section(name) for name in ("tune", "train", "rebalance"))
     except ConfigError as error:
         fail(str(error))
-    study = open_study(args.storage or tune.storage, tune.study_name, tune.sampler, tune.pruner, tune.seed,
+    storage = args.storage or tune.storage
+    try:  # the study's URL is logged with the sweep: its password belongs in PGPASSWORD or ~/.pgpass
+        tracking.refuse_password(storage, "Optuna storage")
+    except tracking.StoreError as error:
+        fail(str(error))
+    study = open_study(storage, tune.study_name, tune.sampler, tune.pruner, tune.seed,
                        tune.heartbeat_seconds)  # fmt: skip
     target = tune.n_trials if args.add_trials is None else finished_trials(study) + args.add_trials
     minutes = args.timeout_minutes if args.timeout_minutes is not None else tune.timeout_minutes
@@ -81,7 +86,7 @@ def main() -> None:
 def run_sweep(study: optuna.Study, target: int, timeout: float, tune: TuneConfig, args) -> None:
     """Run trials until the study has `target` finished ones or the time budget is spent."""
     train, rebalance, package = (load_section(name) for name in ("train", "rebalance", "package"))
-    device = configure_device(train.mixed_precision)
+    device = configure_device(train.mixed_precision, train.deterministic, train.threads)
     splits = pd.read_parquet(args.splits)
     started = time.monotonic()
     train_split, val = (

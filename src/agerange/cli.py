@@ -120,7 +120,11 @@ def _add_model_arguments(command: argparse.ArgumentParser) -> None:
         default="models:/agerange@champion",
         help="registry or run URI, or a packaged model folder such as data/serving",
     )
-    command.add_argument("--store", type=Path, default=Path("mlruns"), help="MLflow tracking store folder")
+    command.add_argument(
+        "--store",
+        help="MLflow store of --model: a folder or a sqlite:///, postgresql://, http(s):// URI "
+        "(default: $MLFLOW_TRACKING_URI when set, else mlruns/)",
+    )
 
 
 def _add_predict(commands) -> None:

@@ -104,6 +104,8 @@ class TrainConfig:
     finetune_runs: int
     ensemble_members: int
     mixed_precision: str  # auto | on | off
+    deterministic: str  # auto | on | off: TensorFlow's deterministic op algorithms (auto: on a GPU)
+    threads: int  # CPU threads of each TensorFlow thread pool; 0 = TensorFlow's choice (all cores)
     seed: int
 
     def __post_init__(self) -> None:
@@ -111,6 +113,9 @@ class TrainConfig:
             raise ConfigError(f"train.head: {self.head!r} is not a head (known: {', '.join(HEADS)})")
         if self.head == "ages" and self.age_sigma <= 0:
             raise ConfigError("train.age_sigma: must be > 0 with head 'ages' (the targets' spread)")
+        for name in ("mixed_precision", "deterministic"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise ConfigError(f"train.{name}: {getattr(self, name)!r} is not auto, on or off")
 
 
 @dataclass(frozen=True)

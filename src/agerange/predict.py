@@ -233,14 +233,17 @@ class AgePredictor:
         return self.predict_image(image, label)[0]
 
 
-def load_predictor(model: str, store: Path = Path("mlruns"), **settings: Any) -> AgePredictor:
+def load_predictor(model: str, store: str | Path | None = None, **settings: Any) -> AgePredictor:
     """An AgePredictor from a registry or run URI (`models:/agerange@champion`, `runs:/ID/serving_model`)
-    or from a packaged model folder (the package stage's `data/serving`)."""
+    or from a packaged model folder (the package stage's `data/serving`).
+
+    `store` is where a registry or run URI lives (`tracking.tracking_uri`: a folder or a URI;
+    None means $MLFLOW_TRACKING_URI, else mlruns/)."""
     if model.startswith(("models:/", "runs:/")):
         # imported here: MLflow takes seconds to import, and a packaged folder needs none of it
         from agerange import registry, tracking
 
-        tracking.open_store(Path(store))
+        tracking.open_store(store)
         try:
             folder = registry.download_model(model)
         except Exception as error:  # MLflow raises its own types for unknown models and aliases

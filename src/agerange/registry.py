@@ -186,7 +186,7 @@ def alias_version(model_uri: str, name: str = MODEL_NAME) -> str | None:
 
 
 def record_drift(
-    store: Path,
+    store: str | Path | None,
     model_uri: str,
     photos: str,
     summary: dict[str, Any],

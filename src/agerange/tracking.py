@@ -1,16 +1,23 @@
 """Runs and logging: every MLflow run of the project, its params, metrics, artifacts and models.
 
-The tracking store is a folder (default `mlruns/`): a SQLite database `mlflow.db` for runs and
-the registry, and `artifacts/` for files. No server is needed to log; `mlflow ui` reads it.
-Entry points point MLflow at a store once (`use_store` with the folder, or `use_tracking_uri`
-with the URI a run reference names); library code gets plain callables (hooks) from here.
+A store is where runs and registered models live. By default it is a folder, `mlruns/`: a SQLite
+database `mlflow.db` for runs and the registry, and `artifacts/` for files; no server is needed to
+log, and `mlflow ui` reads it. A team points `--store` (or `MLFLOW_TRACKING_URI`, as MLflow users
+expect) at a shared store instead: `postgresql://...` or an `http(s)://` MLflow server, which then
+also serves the artifacts. Passwords never go in a store URI (they would end up in run references
+and logs): PostgreSQL reads PGPASSWORD or ~/.pgpass, an MLflow server MLFLOW_TRACKING_PASSWORD.
+Entry points point MLflow at a store once (`use_store`, or `use_tracking_uri` with the URI a run
+reference names); library code gets plain callables (hooks) from here.
 The registry (versions, aliases) is `agerange.registry`; the serving pyfunc is `agerange.serving`.
 """
 
+import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 
@@ -21,6 +28,17 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "agerange"
 STORE_FILE = "mlflow.db"
+DEFAULT_STORE = "mlruns"
+# Schemes MLflow's tracking and registry stores accept (a `+driver` suffix is allowed: postgresql+psycopg2).
+STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https")
+STORE_HELP = (
+    "MLflow store: a folder (SQLite inside) or a sqlite:///, postgresql://, http(s):// URI "
+    f"(default: $MLFLOW_TRACKING_URI when set, else {DEFAULT_STORE}/)"
+)
+
+
+class StoreError(ValueError):
+    """A store that cannot be used: unknown scheme, a password inside the URI, a folder with no store."""
 
 
 def store_uri(store: Path) -> str:
@@ -28,44 +46,121 @@ def store_uri(store: Path) -> str:
     return f"sqlite:///{(Path(store).resolve() / STORE_FILE).as_posix()}"
 
 
+def tracking_uri(store: str | Path | None = None) -> str:
+    """The tracking URI of `--store`: a folder or a URI; None means $MLFLOW_TRACKING_URI, else `mlruns/`."""
+    chosen = str(store) if store is not None else os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE
+    if "://" not in chosen:
+        return store_uri(Path(chosen))
+    scheme = chosen.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme not in STORE_SCHEMES:
+        raise StoreError(f"{chosen}: unknown MLflow store (a folder, or a {', '.join(STORE_SCHEMES)} URI)")
+    refuse_password(chosen, "store")
+    return chosen
+
+
+def refuse_password(uri: str, what: str) -> None:
+    """Raise when `uri` carries a password: it would be written to run references, logs and tags."""
+    parts = urlsplit(uri)
+    if parts.password is not None:
+        shown = uri.replace(f":{parts.password}@", ":***@")
+        raise StoreError(
+            f"{shown}: the {what} URI holds a password; give it in PGPASSWORD or ~/.pgpass "
+            "(MLFLOW_TRACKING_PASSWORD for an MLflow server), not in the URI"
+        )
+
+
+def registry_uri(tracking: str) -> str:
+    """The model registry's URI: $MLFLOW_REGISTRY_URI when set, else the tracking store's."""
+    chosen = os.environ.get("MLFLOW_REGISTRY_URI") or tracking
+    refuse_password(chosen, "registry")
+    return chosen
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    """`--store` of an entry point: parsed into a tracking URI, a bad one is a one-line usage error."""
+
+    def parse(value: str) -> str:
+        try:
+            return tracking_uri(value)
+        except StoreError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    # A string default goes through `parse` too, so $MLFLOW_TRACKING_URI is checked the same way.
+    default = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE
+    parser.add_argument("--store", type=parse, default=default, help=STORE_HELP)
+
+
 def use_tracking_uri(uri: str) -> None:
     """Point MLflow's runs and registry at an existing store, by its tracking URI."""
+    exported = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_registry_uri(registry_uri(uri))
+    # MLflow also writes both URIs into the environment, for child processes to inherit. Undo that:
+    # the variables keep meaning what the user set, and a stage started from here (a test, the
+    # nightly) chooses its own store.
+    for name, value in exported.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
-def use_store(store: Path, experiment: str = EXPERIMENT) -> str:
-    """Point MLflow at the store folder and make sure the experiment exists; returns its id."""
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite store (its artifacts go beside it); None for a server or database."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def use_store(store: str | Path | None = None, experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns its id."""
     import fcntl
 
-    store = Path(store)
-    store.mkdir(parents=True, exist_ok=True)
-    use_tracking_uri(store_uri(store))
+    uri = tracking_uri(store)
+    use_tracking_uri(uri)
+    database = sqlite_file(uri)
+    if database is None:  # a database server or an MLflow server: it keeps its own consistency
+        return _ensure_experiment(experiment, None)
+    folder = database.parent
+    folder.mkdir(parents=True, exist_ok=True)
     # Processes that open a new store together (sweep workers) would race to create its
     # tables; a file lock lets the first one build the database while the others wait.
-    with open(store / ".init.lock", "w") as lock:
+    with open(folder / ".init.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _ensure_experiment(experiment, store)
+        return _ensure_experiment(experiment, folder / "artifacts")
 
 
-def open_store(store: Path) -> str:
+def open_store(store: str | Path | None = None) -> str:
     """Like `use_store`, for a store that must already exist (reading models, not logging runs)."""
-    if not (Path(store) / STORE_FILE).is_file():
-        raise FileNotFoundError(f"{store}: no MLflow tracking store here (run `dvc repro` first)")
-    return use_store(store)
+    uri = tracking_uri(store)
+    database = sqlite_file(uri)
+    if database is not None and not database.is_file():
+        raise StoreError(f"{database.parent}: no MLflow tracking store here (run `dvc repro` first)")
+    return use_store(uri)
 
 
-def _ensure_experiment(experiment: str, store: Path) -> str:
-    """The experiment id, creating the experiment (artifacts inside the store) on first use."""
+def _ensure_experiment(experiment: str, artifacts: Path | None) -> str:
+    """The experiment id, creating the experiment on first use.
+
+    Artifacts go inside a folder store; a server stores them itself (proxied, `mlflow-artifacts:`),
+    and a database store uses MLflow's default location.
+    """
+    from mlflow.exceptions import MlflowException
+
     # The kind tag makes the UI open on the runs table (model training), not the GenAI overview.
     kind = {"mlflow.experimentKind": "custom_model_development"}
     found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
-        if found.tags.get("mlflow.experimentKind") != kind["mlflow.experimentKind"]:
-            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *next(iter(kind.items())))
-        return found.experiment_id
-    artifacts = (store.resolve() / "artifacts").as_uri()
-    return mlflow.create_experiment(experiment, artifact_location=artifacts, tags=kind)
+    if found is None:
+        location = artifacts.resolve().as_uri() if artifacts is not None else None
+        try:
+            return mlflow.create_experiment(experiment, artifact_location=location, tags=kind)
+        except MlflowException:  # another worker created it first
+            found = mlflow.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+    if found.tags.get("mlflow.experimentKind") != kind["mlflow.experimentKind"]:
+        mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *next(iter(kind.items())))
+    return found.experiment_id
 
 
 def start_run(experiment_id: str, run_name: str, resume_run_id: str | None = None, nested: bool = False):

@@ -425,3 +425,40 @@ def test_the_distribution_head_learns_ages_whose_group_sums_answer_the_groups(mi
     assert (group_probabilities(val_outputs).argmax(1) == data["val"].groups).mean() == pytest.approx(
         result.soup["val_accuracy"], abs=1e-6
     )
+
+
+def test_two_trainings_with_the_same_settings_give_identical_weights_and_another_seed_does_not(
+    mini_splits, tmp_path
+):
+    """Reproducible training on one machine: seeds, data order, cached real-photo variants, ops."""
+    data, size = mini_splits
+    config = _tiny_config(size, head="ages", age_sigma=0.085, head_epochs=2, finetune_epochs=1, augment_variants=1)
+    splits = TrainData(data["train"], data["val"])
+    first, second, other_seed = (
+        train(settings, splits, TrainOptions(tmp_path / f"run{n}")).model.get_weights()
+        for n, settings in enumerate([config, config, dataclasses.replace(config, seed=2)])
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other_seed, strict=True))
+
+
+def test_the_device_settings_turn_on_deterministic_ops_and_fix_the_thread_pools():
+    import subprocess
+    import sys
+
+    probe = (
+        "import tensorflow as tf; from tensorflow.python.framework import config; "
+        "from agerange.training import configure_device; "
+        "chosen = configure_device('off', '{mode}', {threads}); "
+        "print(chosen['deterministic_ops'], config.is_op_determinism_enabled(), "
+        "tf.config.threading.get_intra_op_parallelism_threads())"
+    )
+    answers = [
+        subprocess.run(
+            [sys.executable, "-c", probe.format(mode=mode, threads=threads)],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()[-3:]
+        for mode, threads in (("on", 1), ("auto", 0))
+    ]  # fmt: skip
+    assert answers[0] == ["True", "True", "1"]
+    assert answers[1] == ["False", "False", "0"]  # auto on a machine without a GPU: TensorFlow's defaults

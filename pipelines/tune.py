@@ -34,6 +34,7 @@ from agerange.tune import (
     baseline_params,
     best_params,
     finished_trials,
+    keep_study_file,
     make_objective,
     open_study,
     trials_table,
@@ -52,6 +53,11 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, required=True, help="per-trial epoch checkpoints")
     tracking.add_store_argument(parser)
     parser.add_argument("--storage", help="Optuna storage URL (overrides tune.storage)")
+    parser.add_argument(
+        "--study-file",
+        type=Path,
+        help="SQLite file that keeps the study for DVC (a copy if stored elsewhere)",
+    )
     parser.add_argument("--add-trials", type=int, help="run this many more trials than the study has")
     parser.add_argument("--timeout-minutes", type=float, help="overrides tune.timeout_minutes")
     args = parser.parse_args()
@@ -72,6 +78,8 @@ def main() -> None:
     if finished_trials(study) < target:
         run_sweep(study, target, 60 * minutes, tune, args)
     best = best_params(study)
+    if args.study_file:
+        keep_study_file(storage, tune.study_name, args.study_file)
     write_resolved(resolve(train, rebalance, best["params"]), args.out)
     write_json({"study": tune.study_name, **best}, args.reports / "best.json")
     if best["trials"]:

@@ -12,6 +12,27 @@ from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("AGERANGE_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+MLFLOW_STORE_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _forget_mlflow_store() -> None:
+    for name in MLFLOW_STORE_VARIABLES:
+        os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_mlflow_store_from_the_shell():
+    """Tests log to stores of their own: never to a server the developer's shell points at."""
+    _forget_mlflow_store()
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_store_from_an_earlier_test():
+    """`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI for child processes, and the stages
+    honour it: a test that called it must not send a later test's pipeline to its store."""
+    _forget_mlflow_store()
+    yield
+    _forget_mlflow_store()
 
 
 @pytest.fixture(scope="session")

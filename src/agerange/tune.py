@@ -10,8 +10,10 @@ finished trials are kept, and a trial whose worker died is marked failed and ret
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,7 @@ import optuna
 import pandas as pd
 
 from agerange.config import TUNED_CHOICES, RebalanceConfig, TrainConfig, TuneSpace, resolve
+from agerange.files import atomic_path
 from agerange.rebalance import rebalance
 from agerange.training import FeatureCache, SplitData, TrainData, TrainOptions, train
 from agerange.training.feature_cache import Recut
@@ -92,6 +95,19 @@ def open_study(
             log.info("storage not ready (%s); retrying", type(error).__name__)
             time.sleep(0.5 + random.random() * 2)
     raise AssertionError("unreachable")
+
+
+def keep_study_file(storage_url: str, study_name: str, path: Path) -> None:
+    """Leave the study in the SQLite file `path`, which DVC versions and pushes with the configuration
+    it chose (so a clone's `dvc pull` gets the same best trial): the default storage is that file; a
+    study elsewhere (a team's PostgreSQL) is copied into it."""
+    in_place = Path(storage_url.removeprefix("sqlite:///")).resolve() == Path(path).resolve()
+    if storage_url.startswith("sqlite:///") and in_place:
+        return
+    with atomic_path(Path(path)) as temporary:
+        optuna.copy_study(
+            from_study_name=study_name, from_storage=storage_url, to_storage=f"sqlite:///{temporary}"
+        )
 
 
 def suggest(trial: optuna.Trial, space: TuneSpace) -> dict[str, Any]:
@@ -185,6 +201,8 @@ def make_objective(
         import keras
 
         keras.backend.clear_session()  # one graph per trial, or memory grows with every trial
+        # which worker ran it (host and process): workers on several hosts share one study
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         chosen = suggest(trial, space)
         # the same function builds the train stage's configuration from the study's best
         resolved = resolve(base, base_rebalance, chosen)

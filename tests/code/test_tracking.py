@@ -49,7 +49,9 @@ def test_bad_stores_are_refused_in_one_line_that_never_shows_the_password(uri, r
     assert reason in message and "\n" not in message and "hunter2" not in message
 
 
-def test_the_store_option_parses_to_a_uri_and_rejects_a_password_as_a_usage_error(tmp_path, monkeypatch, capsys):
+def test_the_store_option_parses_to_a_uri_and_rejects_a_password_as_a_usage_error(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://agerange@db.local/mlflow")
     parser = argparse.ArgumentParser()
     tracking.add_store_argument(parser)

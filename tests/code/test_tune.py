@@ -47,3 +47,20 @@ def test_the_sweep_chooses_the_head_only_when_the_space_offers_two(tmp_path):
     assert resolve(train, rebalance, picked).train.augment_strength == 0.8
     # params.yaml's 2 variants at 0.5 are not among these choices: its point is not queued
     assert baseline_params(augmented, train, rebalance.strategy) is None
+
+
+def test_the_study_file_dvc_versions_is_the_storage_itself_or_a_copy_of_a_study_kept_elsewhere(tmp_path):
+    from agerange.tune import keep_study_file
+
+    elsewhere = f"sqlite:///{tmp_path}/team.db"  # stands for a team's PostgreSQL study
+    study = optuna.create_study(study_name="agerange", storage=elsewhere, direction="maximize")
+    for value in (0.4, 0.6):
+        study.add_trial(optuna.trial.create_trial(params={"dropout": value}, distributions={
+            "dropout": optuna.distributions.FloatDistribution(0, 1)}, value=value))  # fmt: skip
+    keep_study_file(elsewhere, "agerange", tmp_path / "data" / "optuna.db")
+    copy = optuna.load_study(study_name="agerange", storage=f"sqlite:///{tmp_path}/data/optuna.db")
+    assert copy.best_params == {"dropout": 0.6} and len(copy.trials) == 2
+
+    before = (tmp_path / "team.db").stat().st_mtime_ns
+    keep_study_file(elsewhere, "agerange", tmp_path / "team.db")  # the storage is that file: left alone
+    assert (tmp_path / "team.db").stat().st_mtime_ns == before

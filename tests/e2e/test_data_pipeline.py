@@ -17,11 +17,14 @@ from tests.conftest import FAIRFACE, PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 DATA_STAGES = ["ingest", "validate", "split", "label_check", "rebalance"]
+NEW_PHOTOS = 80  # labelled FairFace photos the pipeline copies read (all 270: tests/predict)
 
 
-def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def _run(
+    args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     env = {
-        **os.environ,
+        **(os.environ if env is None else env),
         "DVC_NO_ANALYTICS": "1",
         # Stage commands call `python`: make it this interpreter, which has the package installed.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -59,9 +62,10 @@ def make_repo(tmp_path_factory: pytest.TempPathFactory, mini_archive: Path) -> P
     lines[source_line] = f"- path: {mini_archive}"
     data_dvc.write_text("\n".join(lines) + "\n")
     (root / "dvc.lock").unlink(missing_ok=True)
-    # params.yaml names the shared FairFace photos relative to the project: this copy lives elsewhere
+    # params.yaml names the shared FairFace photos relative to the project: this copy lives elsewhere,
+    # and reads a labelled sample of them (the package stage measures every model on them)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["drift"]["new_photos"] = str(FAIRFACE)
+    params["drift"]["new_photos"] = str(fairface_sample(root.parent / "fairface"))
     # and the pretrained weights (the label check reads them already in the data stages)
     params["train"]["weights_dir"] = str(PROJECT_ROOT.parent / "shared" / "weights")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -69,6 +73,16 @@ def make_repo(tmp_path_factory: pytest.TempPathFactory, mini_archive: Path) -> P
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], cwd=root)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], cwd=root)
     return root
+
+
+def fairface_sample(folder: Path, size: int = NEW_PHOTOS) -> Path:
+    """The first `size` shared FairFace photos and their labels, in `folder`."""
+    labels = pd.read_csv(FAIRFACE / "labels.csv").sort_values("filename").head(size)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in labels["filename"]:
+        shutil.copy2(FAIRFACE / name, folder / name)
+    labels.to_csv(folder / "labels.csv", index=False)
+    return folder
 
 
 def test_repro_builds_validated_split_and_rebalanced_data(repo: Path):

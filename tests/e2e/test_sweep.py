@@ -1,7 +1,11 @@
-"""Optuna sweeps end to end: a 3-trial sweep into the registry, and resuming after SIGKILL."""
+"""One user's sweeps on the mini data, in one repository: a killed sweep resumes without losing or
+repeating a trial; the nightly registers a version whose record (a commit and the DVC remote)
+rebuilds it; a clone of that record pulls everything and rebuilds nothing. (A team's workers on
+PostgreSQL and an MLflow server: test_team.py.)"""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,77 +15,10 @@ import optuna
 import pytest
 
 from tests.conftest import FAIRFACE
-from tests.e2e.conftest import TINY_SPACE, set_params
-from tests.e2e.test_data_pipeline import _dvc, _run
+from tests.e2e.conftest import set_params
+from tests.e2e.test_data_pipeline import _run
 
 pytestmark = pytest.mark.slow
-
-
-def test_three_trial_sweep_trains_the_best_and_registers_it(sweep_repo):
-    set_params(sweep_repo, tune={"n_trials": 3})
-    result = _dvc("repro", "register", cwd=sweep_repo)
-    assert "tune: study 'agerange' has 3 finished trials" in result.stdout
-    best = json.loads((sweep_repo / "data/reports/tune/best.json").read_text())
-    assert best["trials"] == 3 and set(best["params"]) == set(TINY_SPACE)
-    # the resolved configuration that rebalance and train read is params.yaml's with the best applied
-    resolved = json.loads((sweep_repo / "data/training.json").read_text())
-    assert resolved["tuned"] == best["params"]
-    assert resolved["train"]["dropout"] == best["params"]["dropout"]
-    assert resolved["rebalance"]["strategy"] == best["params"]["rebalance_strategy"]
-    assert "using the tuned params" in result.stderr
-    # ended trials (complete or pruned) leave no checkpoints or weight-soup snapshots behind
-    assert not list((sweep_repo / "data/checkpoints/tune").glob("trial_*"))
-    registration = json.loads((sweep_repo / "data/reports/registration.json").read_text())
-    assert registration["alias"] == "champion" and registration["version"] == 1
-    card = (sweep_repo / "data/reports/model_card.md").read_text()
-    assert "## Intended use" in card and "## Known failure conditions" in card and "new photos" in card
-    # the packaged model, measured through the whole predict path on every val and test chip
-    predict_path = json.loads((sweep_repo / "data/reports/predict_path.json").read_text())
-    splits = json.loads((sweep_repo / "data/reports/split.json").read_text())
-    assert predict_path["test"]["n"] == splits["test"]["images"]
-    assert predict_path["test"]["faces_found"] > 0.95 and 0 <= predict_path["test"]["accuracy"] <= 1
-    # and on the labelled real photos (the shared FairFace set), at their age ranges
-    new_photos = predict_path["new_photos"]
-    assert new_photos["labelled_photos"] == 270 and new_photos["photos_with_face"] > 250
-    assert 0 < new_photos["range_accuracy"] <= new_photos["range_within_one"] <= 1
-
-    import mlflow
-
-    from agerange import tracking
-
-    mlflow.set_tracking_uri(tracking.store_uri(sweep_repo / "mlruns"))
-    runs = mlflow.search_runs(experiment_names=["agerange"])
-    sweep = runs[runs["tags.mlflow.runName"] == "sweep-agerange"]
-    trials = runs[runs["tags.mlflow.parentRunId"] == sweep["run_id"].iloc[0]]
-    assert len(sweep) == 1 and len(trials) == 3
-    assert set(trials["tags.optuna.state"]) <= {"complete", "pruned"}
-    assert "params.best.unfreeze_layers" in sweep.columns
-    assert (sweep_repo / "data/reports/tune/optimization_history.html").is_file()
-    # the registered version carries its model card as its description (shown by the MLflow UI)
-    store = tracking.store_uri(sweep_repo / "mlruns")
-    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
-    assert client.get_model_version("agerange", "1").description == card
-
-    # the registered champion is the served model: predict through the registry alias
-    photo = str(FAIRFACE / "fairface_0002.jpg")
-    predicted = _run(
-        [sys.executable, "-m", "agerange.cli", "predict", photo, "--format", "json"], cwd=sweep_repo
-    )
-    assert len(json.loads(predicted.stdout)[0]["faces"]) == 1
-
-    # drift of FairFace photos against the training chips, logged against the champion version
-    set_params(sweep_repo, drift={"new_photos": str(FAIRFACE), "reference_size": 200, "control_size": 60})
-    drift = _dvc("repro", "drift", cwd=sweep_repo)
-    # the new photos were imported for the package stage already (it measures every model on them)
-    assert (
-        "new_photos: 270 photos" in result.stdout and "held-back UTKFace control drifted on" in drift.stdout
-    )
-    summary = json.loads((sweep_repo / "data/reports/drift.json").read_text())
-    assert "face_box_fraction" in summary["new_photos"]["drifted"]
-    assert summary["accuracy"]["labelled_photos"] == 270
-    assert (sweep_repo / "data/reports/drift/new_photos_vs_training.html").is_file()
-    version = client.get_model_version_by_alias("agerange", "champion")
-    assert "face_box_fraction" in version.tags["drift.drifted"]
 
 
 def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(sweep_repo):
@@ -135,3 +72,73 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(sweep_repo):
     assert [optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in retried] == [
         failed[0].number
     ]
+    set_params(sweep_repo, tune={"n_trials": 0, "heartbeat_seconds": 10})  # params.yaml's, for the nightly
+
+
+def test_the_nightly_records_what_it_registers_and_leaves_the_working_copy_as_found(sweep_repo):
+    """The registered version names a clean commit holding the dvc.lock and params that built it,
+    its outputs are on the DVC remote, and the working copy is as the nightly found it."""
+    import mlflow
+    import yaml
+
+    from agerange import tracking
+
+    # an uncommitted change a user might leave, which the record must hold
+    set_params(sweep_repo, train={"seed": 43}, drift={"reference_size": 200, "control_size": 60})
+    status_before = _run(["git", "status", "--porcelain"], cwd=sweep_repo).stdout
+    lock_before = (sweep_repo / "dvc.lock").read_bytes()
+    nightly = [sys.executable, "pipelines/nightly.py", "--trials", "1", "--timeout-minutes", "5"]
+    result = _run(nightly, cwd=sweep_repo)
+    assert "recorded as" in result.stdout and "nightly: done" in result.stdout
+    log = next((sweep_repo / "data/logs").glob("nightly-*.log")).read_text()
+    assert "Running stage 'train'" in log and "Running stage 'drift'" in log and "dvc push" in log
+
+    store = tracking.store_uri(sweep_repo / "mlruns")
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    newest = max(client.search_model_versions("name='agerange'"), key=lambda v: int(v.version))
+    commit, branch = newest.tags["git_commit"], newest.tags["record_branch"]
+    assert _run(["git", "rev-parse", branch], cwd=sweep_repo).stdout.strip() == commit
+    assert newest.tags["trained_from_commit"].endswith("-dirty")  # what the record replaces
+    # the commit holds the params it was trained with and the lock whose register stage made it
+    params = yaml.safe_load(_run(["git", "show", f"{commit}:params.yaml"], cwd=sweep_repo).stdout)
+    assert params["train"]["seed"] == 43
+    lock = yaml.safe_load(_run(["git", "show", f"{commit}:dvc.lock"], cwd=sweep_repo).stdout)
+    model = next(out for out in lock["stages"]["train"]["outs"] if out["path"] == "data/model")
+    for cache in (sweep_repo / ".dvc/cache", sweep_repo.parent / "agerange-dvc-storage"):  # local, pushed
+        files = json.loads((cache / "files/md5" / model["md5"][:2] / model["md5"][2:]).read_text())
+        run_json = next(entry["md5"] for entry in files if entry["relpath"] == "run.json")
+        reference = json.loads((cache / "files/md5" / run_json[:2] / run_json[2:]).read_text())
+        assert reference["run_id"] == newest.run_id  # the lock's model is the registered version's
+
+    # as found: the same git status, dvc.lock byte for byte, and the outputs it names
+    assert _run(["git", "status", "--porcelain"], cwd=sweep_repo).stdout == status_before
+    assert (sweep_repo / "dvc.lock").read_bytes() == lock_before
+
+
+def test_a_clone_of_the_record_pulls_from_the_dvc_remote_and_rebuilds_nothing(sweep_repo):
+    """Issue 16, item 4: another working copy (`git clone` of the nightly's record branch, as a
+    colleague's `git pull` would get it), `dvc pull` from the default remote, `dvc repro`: only the
+    tune stage runs (it always does: it reads the study, pulled with it) and rebuilds nothing
+    after it; `agerange predict` answers with the pulled model."""
+    import yaml
+
+    branch = _run(["git", "branch", "--list", "nightly/*", "--format=%(refname:short)"], cwd=sweep_repo)
+    # beside the original, so .dvc/config's relative remote (../../agerange-dvc-storage) is the same folder
+    clone = sweep_repo.parent / "agerange-clone"
+    _run(
+        ["git", "clone", "-q", "--branch", branch.stdout.split()[-1], str(sweep_repo), str(clone)],
+        cwd=clone.parent,
+    )
+    assert not (clone / "data").exists()
+    _run([sys.executable, "-m", "dvc", "pull"], cwd=clone)
+    result = _run([sys.executable, "-m", "dvc", "repro", "drift"], cwd=clone)
+    assert re.findall(r"Running stage '([^']+)'", result.stdout) == ["tune"], result.stdout
+    recorded = yaml.safe_load(_run(["git", "show", "HEAD:dvc.lock"], cwd=clone).stdout)
+    assert yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["train"] == recorded["stages"]["train"]
+    assert _run(["git", "status", "--porcelain"], cwd=clone).stdout == ""  # tune wrote what was recorded
+
+    photo = next(iter(sorted(FAIRFACE.glob("*.jpg"))))
+    answer = _run(
+        [sys.executable, "-m", "agerange.cli", "predict", str(photo), "--model", "data/serving"], cwd=clone
+    )
+    assert photo.name in answer.stdout and "error" not in answer.stdout.lower()

@@ -432,7 +432,9 @@ def test_two_trainings_with_the_same_settings_give_identical_weights_and_another
 ):
     """Reproducible training on one machine: seeds, data order, cached real-photo variants, ops."""
     data, size = mini_splits
-    config = _tiny_config(size, head="ages", age_sigma=0.085, head_epochs=2, finetune_epochs=1, augment_variants=1)
+    config = _tiny_config(
+        size, head="ages", age_sigma=0.085, head_epochs=1, finetune_epochs=1, augment_variants=1
+    )
     splits = TrainData(data["train"], data["val"])
     first, second, other_seed = (
         train(settings, splits, TrainOptions(tmp_path / f"run{n}")).model.get_weights()

@@ -1,7 +1,9 @@
 """Where training runs: the GPU with mixed precision and XLA when there is one, the CPU otherwise."""
 
 
-def configure_device(mixed_precision: str = "auto", deterministic: str = "auto", threads: int = 0) -> dict[str, object]:
+def configure_device(
+    mixed_precision: str = "auto", deterministic: str = "auto", threads: int = 0
+) -> dict[str, object]:
     """Use the GPU with mixed precision and XLA when there is one; the CPU's threads otherwise.
 
     `deterministic` turns on TensorFlow's deterministic ops (auto: on a GPU, where they are not by

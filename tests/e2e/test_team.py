@@ -1,0 +1,312 @@
+"""The team set-up end to end (issue 16), as the README's "Working as a team" section runs it:
+PostgreSQL (password login on 127.0.0.1) holds the Optuna study and MLflow's store, `mlflow server`
+with its basic-auth app serves runs, the registry and artifacts, and two working copies that share
+no folder sweep together, register a champion and predict from it."""
+
+import glob
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import FAIRFACE
+from tests.e2e.conftest import TINY_SPACE, set_params
+from tests.e2e.test_data_pipeline import NEW_PHOTOS, _run
+
+pytestmark = pytest.mark.slow
+ROLE = "agerange"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _as_postgres(*command, stdin: str | None = None) -> None:
+    # PostgreSQL refuses to run as root; CI and these machines run tests as root.
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*prefix, *map(str, command)], check=True, capture_output=True, text=True, input=stdin)
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A throwaway PostgreSQL server on 127.0.0.1 that takes passwords (scram), with a role
+    `agerange` whose password clients read from a .pgpass file, never from a URL."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    assert found, "PostgreSQL is needed for this test: apt-get install postgresql (CI's .ci/run does)"
+    bin_dir = Path(found[-1]).parent
+    folder = Path(tempfile_folder(tmp_path_factory))
+    data, socket_dir, port = folder / "data", folder / "socket", _free_port()
+    socket_dir.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        shutil.chown(socket_dir, "postgres")
+    _as_postgres(
+        bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"
+    )
+    _as_postgres(
+        bin_dir / "pg_ctl", "-D", data, "-w", "-l", folder / "server.log",
+        "-o", f"-k {socket_dir} -p {port} -c listen_addresses=127.0.0.1 -c max_connections=100", "start",
+    )  # fmt: skip
+    password = secrets.token_urlsafe(18)
+    try:
+        statements = f"CREATE ROLE {ROLE} LOGIN PASSWORD '{password}';\n" + "".join(
+            f"CREATE DATABASE {name} OWNER {ROLE};\n" for name in ("mlflow", "mlflow_auth", "optuna")
+        )  # on standard input, so the password is never on a command line
+        _as_postgres(bin_dir / "psql", "-h", socket_dir, "-p", port, "-U", "postgres", "-q", "-v",
+                     "ON_ERROR_STOP=1", "-f", "-", stdin=statements)  # fmt: skip
+        pgpass = tmp_path_factory.mktemp("secrets") / "pgpass"
+        pgpass.write_text(f"127.0.0.1:{port}:*:{ROLE}:{password}\n")
+        pgpass.chmod(0o600)
+        yield {"port": port, "password": password, "pgpass": pgpass, "log": folder / "server.log"}
+    finally:
+        _as_postgres(bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def tempfile_folder(tmp_path_factory) -> Path:
+    # short and outside pytest's tree: PostgreSQL's socket path has a length limit
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="agerange-pg-", dir="/tmp"))
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    """`mlflow server` as the README starts it: basic auth, PostgreSQL backend, proxied artifacts."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    database = f"postgresql://{ROLE}@127.0.0.1:{postgres['port']}"
+    (root / "basic_auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = {database}/mlflow_auth\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    admin_password = secrets.token_urlsafe(18)
+    environment = {
+        **os.environ,
+        "PGPASSFILE": str(postgres["pgpass"]),
+        "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    port = _free_port()
+    command = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "basic-auth",
+        "--backend-store-uri", f"{database}/mlflow", "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    log = root / "server.log"
+    with open(log, "w") as output:
+        server = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"mlflow server exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"mlflow server not ready:\n{log.read_text()[-3000:]}"
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield {"url": url, "admin_password": admin_password, "artifacts": root / "artifacts", "log": log}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _team_environment(postgres, mlflow_server) -> dict[str, str]:
+    """What a team member's shell holds: the server and the secrets' places, no secret in a URL."""
+    return {
+        **os.environ,
+        "PGPASSFILE": str(postgres["pgpass"]),
+        "MLFLOW_TRACKING_URI": mlflow_server["url"],
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": mlflow_server["admin_password"],
+    }
+
+
+def test_two_clones_sweep_one_study_register_through_the_server_and_a_colleague_predicts(
+    sweep_repo, postgres, mlflow_server, tmp_path_factory, monkeypatch
+):
+    # a colleague's working copy, sharing no folder with the first (its own data, cache and runs)
+    colleague = tmp_path_factory.mktemp("colleague") / "agerange"
+    shutil.copytree(sweep_repo, colleague, symlinks=True)
+    study_url = f"postgresql://{ROLE}@127.0.0.1:{postgres['port']}/optuna"
+    for repo in (sweep_repo, colleague):  # committed settings: the shared study's address, no password
+        set_params(repo, tune={"n_trials": 5, "heartbeat_seconds": 2, "storage": study_url})
+    team = _team_environment(postgres, mlflow_server)
+    for name in ("PGPASSFILE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, team[name])  # this process reads the study and the server too
+    command = [
+        sys.executable, "pipelines/tune.py", "--splits", "data/splits.parquet", "--images", "data/images",
+        "--out", "data/reports/worker.json", "--reports", "data/reports/tune-worker",
+        "--checkpoints", "data/checkpoints/worker",
+    ]  # fmt: skip
+    first, second = (
+        subprocess.Popen(
+            command, cwd=repo, env=team, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for repo in (sweep_repo, colleague)
+    )
+    # The first worker is killed (SIGKILL) in the middle of a trial, after one of its trials finished.
+    killed, finished_before = _kill_mid_trial(first, study_url)
+    output = second.communicate(timeout=900)[0]
+    assert second.returncode == 0, output[-3000:]
+    outputs = [first.stdout.read(), output]
+
+    # each trial once in the study; the killed one failed and was retried by the other worker, and
+    # no finished trial was lost or run again
+    study = optuna.load_study(study_name="agerange", storage=study_url)
+    trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    finished = [
+        t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
+    assert len(finished) == 5
+    assert [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL] == [killed]
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    assert [retry(t) for t in trials if retry(t) is not None] == [killed]
+    for number, params in finished_before.items():
+        assert study.trials[number].params == params and study.trials[number] in finished
+
+    # ... then the first copy's pipeline trains the study's best and registers it through the server
+    result = _run([sys.executable, "-m", "dvc", "repro", "register"], cwd=sweep_repo, env=team)
+    assert "tune: study 'agerange' has 5 finished trials" in result.stdout
+    best = json.loads((sweep_repo / "data/reports/tune/best.json").read_text())
+    assert best["trials"] == 5 and set(best["params"]) == set(TINY_SPACE)
+    # the resolved configuration that rebalance and train read is params.yaml's with the best applied
+    resolved = json.loads((sweep_repo / "data/training.json").read_text())
+    assert resolved["tuned"] == best["params"] and "using the tuned params" in result.stderr
+    assert resolved["train"]["dropout"] == best["params"]["dropout"]
+    assert resolved["rebalance"]["strategy"] == best["params"]["rebalance_strategy"]
+    # the study, copied from PostgreSQL into the file DVC versions with that configuration
+    kept = optuna.load_study(study_name="agerange", storage="sqlite:///" + str(sweep_repo / "data/optuna.db"))
+    assert kept.best_params == study.best_params
+    # ended trials (complete or pruned) leave no checkpoints or weight-soup snapshots behind
+    left = [
+        path.name for repo in (sweep_repo, colleague) for path in repo.glob("data/checkpoints/worker/trial_*")
+    ]
+    assert left in ([], [f"trial_{killed}"])  # only the killed worker's, which it could not remove
+    registration = json.loads((sweep_repo / "data/reports/registration.json").read_text())
+    assert registration["alias"] == "champion" and registration["version"] == 1
+    card = (sweep_repo / "data/reports/model_card.md").read_text()
+    assert "## Intended use" in card and "## Known failure conditions" in card and "new photos" in card
+    # the packaged model, measured through the whole predict path on every val and test chip
+    predict_path = json.loads((sweep_repo / "data/reports/predict_path.json").read_text())
+    splits = json.loads((sweep_repo / "data/reports/split.json").read_text())
+    assert predict_path["test"]["n"] == splits["test"]["images"]
+    assert predict_path["test"]["faces_found"] > 0.95 and 0 <= predict_path["test"]["accuracy"] <= 1
+    # and on the labelled real photos (the shared FairFace set), at their age ranges
+    new_photos = predict_path["new_photos"]
+    assert new_photos["labelled_photos"] == NEW_PHOTOS and new_photos["photos_with_face"] > 0.9 * NEW_PHOTOS
+    assert 0 < new_photos["range_accuracy"] <= new_photos["range_within_one"] <= 1
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server["url"], registry_uri=mlflow_server["url"])
+    experiment = client.get_experiment_by_name("agerange")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied through the server
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    sweeps = {run.info.run_id for run in runs if run.info.run_name.startswith("sweep-")}
+    trial_runs = [run for run in runs if "optuna.trial" in run.data.tags]
+    # ... and once in MLflow (the killed one too), nested under the sweep run of its worker; both ran
+    assert sorted(int(run.data.tags["optuna.trial"]) for run in trial_runs) == sorted(numbers)
+    assert len(sweeps) == 2 and {run.data.tags["mlflow.parentRunId"] for run in trial_runs} == sweeps
+    version = client.get_model_version_by_alias("agerange", "champion")
+    assert version.description == card  # the model card, shown by the registry page
+    sweep_runs = [run for run in runs if run.info.run_id in sweeps]
+    # the surviving worker's sweep run ends with the study's best (the killed one never ended)
+    assert ["best.unfreeze_layers" in run.data.params for run in sweep_runs].count(True) == 1
+    assert list(mlflow_server["artifacts"].rglob("serving_model")), "artifacts did not go through the server"
+
+    # the colleague predicts from the registered champion, through the server
+    photo = str(FAIRFACE / "fairface_0002.jpg")
+    predict = [sys.executable, "-m", "agerange.cli", "predict", photo, "--format", "json"]
+    predicted = _run(predict, cwd=colleague, env=team)
+    assert len(json.loads(predicted.stdout)[0]["faces"]) == 1
+
+    # the server wants a login, and its UI shows the runs to one who has it
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{mlflow_server['url']}/api/2.0/mlflow/experiments/search?max_results=5")
+    assert refused.value.code == 401
+    page = _browse_runs(mlflow_server, experiment.experiment_id)
+    assert "sweep-agerange" in page and "train-mobilenet_v2" in page
+
+    # no secret anywhere: runs' params and tags, the registered version, the study, files, logs
+    secrets_ = (postgres["password"], mlflow_server["admin_password"])
+    texts = [json.dumps([run.data.params, run.data.tags]) for run in runs]
+    texts += [json.dumps(version.tags), json.dumps(study.user_attrs)]
+    texts += [json.dumps([t.user_attrs, t.system_attrs, t.params]) for t in trials]
+    texts += [
+        mlflow_server["log"].read_text(),
+        postgres["log"].read_text(),
+        *outputs,
+        result.stdout,
+        result.stderr,
+    ]
+    assert not [text[:200] for text in texts if any(secret in text for secret in secrets_)]
+    folders = [sweep_repo, colleague, mlflow_server["artifacts"]]
+    leaked = [
+        str(path) for folder in folders for path in folder.rglob("*")
+        if path.is_file() and any(s.encode() in path.read_bytes() for s in secrets_)
+    ]  # fmt: skip
+    assert not leaked
+
+
+def _kill_mid_trial(worker: subprocess.Popen, study_url: str) -> tuple[int, dict[int, dict]]:
+    """SIGKILL `worker` while a trial of its own is running (some seconds in) and one has finished;
+    returns the killed trial's number and the finished trials' params."""
+    storage = optuna.storages.RDBStorage(study_url)  # one connection pool for all the polling
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        assert worker.poll() is None, worker.stdout.read()[-3000:]
+        try:
+            trials = optuna.load_study(study_name="agerange", storage=storage).get_trials(deepcopy=False)
+        except KeyError:  # the study is not created yet
+            continue
+        mine = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{worker.pid}")]
+        running = [t for t in mine if t.state == optuna.trial.TrialState.RUNNING
+                   and time.time() - t.datetime_start.timestamp() > 3]  # fmt: skip
+        if running and any(t.state == optuna.trial.TrialState.COMPLETE for t in mine):
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+            done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            storage.engine.dispose()
+            return running[0].number, {t.number: t.params for t in trials if t.state in done}
+    raise AssertionError("the first worker never had a finished trial and a running one")
+
+
+def _browse_runs(mlflow_server, experiment_id: str) -> str:
+    """The runs table of the experiment as headless Chromium shows it to a logged-in user."""
+    assert CHROMIUM, "Chromium is needed for this test: apt-get install chromium (CI's .ci/run does)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            context = browser.new_context(
+                http_credentials={"username": "admin", "password": mlflow_server["admin_password"]}
+            )
+            page = context.new_page()
+            page.goto(f"{mlflow_server['url']}/#/experiments/{experiment_id}/runs", timeout=60_000)
+            page.wait_for_selector("text=train-mobilenet_v2", timeout=60_000)
+            return page.content()
+        finally:
+            browser.close()

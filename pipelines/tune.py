@@ -110,7 +110,7 @@ def run_sweep(study: optuna.Study, target: int, timeout: float, tune: TuneConfig
             study.enqueue_trial(baseline, skip_if_exists=True)
             log.info("queued params.yaml's configuration as the first trial: %s", baseline)
     recut = chip_recut(package.detector, package.min_detector_score) if train.realign else None
-    run_trial = _trial_run(experiment, study.study_name)
+    run_trial = _trial_run(experiment, study)
     objective = make_objective(train_split, val, tune.space, train, rebalance, args.checkpoints, run_trial,
                                recut, bool(device["xla"]))  # fmt: skip
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -131,11 +131,16 @@ def run_sweep(study: optuna.Study, target: int, timeout: float, tune: TuneConfig
             tracking.log_artifacts(write_plots(study, args.reports), folder="optuna")
 
 
-def _trial_run(experiment: str, study_name: str):
+def _trial_run(experiment: str, study: optuna.Study):
     """A context manager factory: a nested MLflow run per trial, tagged with how the trial ended."""
+    study_name = study.study_name
 
     @contextmanager
     def run_trial(number: int, chosen: dict) -> Iterator:
+        # Optuna has just failed the trials of workers that stopped sending heartbeats (killed):
+        # end the MLflow runs they left open, so the UI does not show them running forever
+        failed = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))}
+        tracking.end_runs_of_failed_trials(experiment, study_name, failed)
         with tracking.start_run(experiment, f"trial-{number}", nested=True):
             tracking.log_params(chosen)
             tracking.set_tags({"optuna.study": study_name, "optuna.trial": number})

@@ -260,6 +260,35 @@ def active_run_id() -> str:
     return mlflow.active_run().info.run_id
 
 
+def end_runs_of_failed_trials(experiment_id: str, study_name: str, failed: set[int]) -> list[str]:
+    """End the MLflow runs a dead sweep worker left open: a run of a trial the study failed that is
+    still RUNNING becomes FAILED (tag optuna.state failed), and its sweep run KILLED.
+
+    A trial that failed in a live worker ended its own run; only a killed worker's stay open.
+    Returns the ids of the runs ended.
+    """
+    if not failed:
+        return []
+    client = mlflow.MlflowClient()
+    open_runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`optuna.study` = '{study_name}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    ended = []
+    for run in open_runs:
+        if int(run.data.tags.get("optuna.trial", -1)) not in failed:
+            continue
+        client.set_tag(run.info.run_id, "optuna.state", "failed")
+        client.set_terminated(run.info.run_id, "FAILED")
+        ended.append(run.info.run_id)
+        sweep = run.data.tags.get("mlflow.parentRunId")
+        if sweep and client.get_run(sweep).info.status == "RUNNING":
+            client.set_terminated(sweep, "KILLED")
+            ended.append(sweep)
+    return ended
+
+
 def write_run_reference(path: Path, run_id: str, model_uri: str | None = None) -> None:
     """Remember which run a DVC stage logged to (and in which store), so the next stage logs to it."""
     write_json({"run_id": run_id, "model_uri": model_uri, "tracking_uri": mlflow.get_tracking_uri()}, path)

@@ -89,3 +89,25 @@ def test_the_registry_follows_mlflow_registry_uri_when_set(tmp_path, monkeypatch
 def test_opening_a_missing_store_folder_names_it(tmp_path):
     with pytest.raises(tracking.StoreError, match="no MLflow tracking store here"):
         tracking.open_store(Path(tmp_path / "nothing"))
+
+
+def test_the_runs_a_killed_sweep_worker_left_open_are_ended_and_no_other(tmp_path):
+    experiment = tracking.use_store(tmp_path / "mlruns")
+    client = mlflow.MlflowClient()
+    sweep = client.create_run(experiment, run_name="sweep-agerange").info.run_id
+
+    def trial_run(number: int, status: str | None = None) -> str:
+        tags = {"optuna.study": "agerange", "optuna.trial": str(number), "mlflow.parentRunId": sweep}
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        if status:
+            client.set_terminated(run_id, status)
+        return run_id
+
+    ended_by_itself, killed, live = trial_run(2, "FAILED"), trial_run(3), trial_run(4)
+    assert tracking.end_runs_of_failed_trials(experiment, "agerange", {2, 3}) == [killed, sweep]
+    assert client.get_run(killed).info.status == "FAILED"
+    assert client.get_run(killed).data.tags["optuna.state"] == "failed"
+    assert client.get_run(sweep).info.status == "KILLED"
+    assert client.get_run(live).info.status == "RUNNING"  # its trial did not fail
+    assert "optuna.state" not in client.get_run(ended_by_itself).data.tags
+    assert tracking.end_runs_of_failed_trials(experiment, "agerange", {2, 3}) == []  # once only

@@ -228,6 +228,11 @@ def test_two_clones_sweep_one_study_register_through_the_server_and_a_colleague_
     # ... and once in MLflow (the killed one too), nested under the sweep run of its worker; both ran
     assert sorted(int(run.data.tags["optuna.trial"]) for run in trial_runs) == sorted(numbers)
     assert len(sweeps) == 2 and {run.data.tags["mlflow.parentRunId"] for run in trial_runs} == sweeps
+    # the killed worker's runs were ended by the other worker: its trial FAILED, its sweep KILLED
+    killed_run = next(run for run in trial_runs if run.data.tags["optuna.trial"] == str(killed))
+    assert (killed_run.info.status, killed_run.data.tags["optuna.state"]) == ("FAILED", "failed")
+    assert client.get_run(killed_run.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
+    assert all(run.info.status == "FINISHED" for run in trial_runs if run is not killed_run)
     version = client.get_model_version_by_alias("agerange", "champion")
     assert version.description == card  # the model card, shown by the registry page
     sweep_runs = [run for run in runs if run.info.run_id in sweeps]

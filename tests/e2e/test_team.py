@@ -9,9 +9,9 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,16 +23,10 @@ import pytest
 from tests.conftest import FAIRFACE
 from tests.e2e.conftest import TINY_SPACE, set_params
 from tests.e2e.test_data_pipeline import NEW_PHOTOS, _run
+from tests.e2e.test_mlflow_ui import CHROMIUM, _free_port
 
 pytestmark = pytest.mark.slow
 ROLE = "agerange"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _as_postgres(*command, stdin: str | None = None) -> None:
@@ -48,7 +42,8 @@ def postgres(tmp_path_factory):
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     assert found, "PostgreSQL is needed for this test: apt-get install postgresql (CI's .ci/run does)"
     bin_dir = Path(found[-1]).parent
-    folder = Path(tempfile_folder(tmp_path_factory))
+    # short and outside pytest's tree: PostgreSQL's socket path has a length limit
+    folder = Path(tempfile.mkdtemp(prefix="agerange-pg-", dir="/tmp"))
     data, socket_dir, port = folder / "data", folder / "socket", _free_port()
     socket_dir.mkdir()
     if os.geteuid() == 0:
@@ -75,13 +70,6 @@ def postgres(tmp_path_factory):
     finally:
         _as_postgres(bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop")
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def tempfile_folder(tmp_path_factory) -> Path:
-    # short and outside pytest's tree: PostgreSQL's socket path has a length limit
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix="agerange-pg-", dir="/tmp"))
 
 
 @pytest.fixture(scope="module")

@@ -46,9 +46,14 @@ def store_uri(store: Path) -> str:
     return f"sqlite:///{(Path(store).resolve() / STORE_FILE).as_posix()}"
 
 
+def default_store() -> str:
+    """The store when none is named: $MLFLOW_TRACKING_URI when set, else `mlruns/`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE
+
+
 def tracking_uri(store: str | Path | None = None) -> str:
-    """The tracking URI of `--store`: a folder or a URI; None means $MLFLOW_TRACKING_URI, else `mlruns/`."""
-    chosen = str(store) if store is not None else os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE
+    """The tracking URI of `--store`: a folder or a URI; None means `default_store()`."""
+    chosen = str(store) if store is not None else default_store()
     if "://" not in chosen:
         return store_uri(Path(chosen))
     scheme = chosen.split("://", 1)[0].split("+", 1)[0].lower()
@@ -86,8 +91,7 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
             raise argparse.ArgumentTypeError(str(error)) from error
 
     # A string default goes through `parse` too, so $MLFLOW_TRACKING_URI is checked the same way.
-    default = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE
-    parser.add_argument("--store", type=parse, default=default, help=STORE_HELP)
+    parser.add_argument("--store", type=parse, default=default_store(), help=STORE_HELP)
 
 
 def use_tracking_uri(uri: str) -> None:

@@ -1,32 +1,39 @@
-"""Predict speed: the project's path (BlazeFace + TFLite) against the naive way, in one run.
+"""Predict speed: every packaged variant (float, int8, the distilled student) against the naive
+way (Keras `model.predict` per face), measured side by side in one run, with each variant's
+validation accuracy through the whole predict path beside it (from the package stage's report).
 
-Three tables, all measured side by side in this process:
+Three tables:
   1. detectors  - BlazeFace short range (the default), BlazeFace full range and MTCNN (the
                   `mtcnn` package) on the same photos: ms per photo and faces found
   2. latency    - one-face photos, from JPEG bytes to age ranges (decode, detect, align,
-                  classify): p50 and p95 per stage and in total. `project` classifies with the
-                  packaged TFLite model; `naive` does the same but calls Keras `model.predict`
-                  on each face; the target is p50 <= 60 ms for the project
-  3. throughput - face chips at the model's input size, classified in batches (project, with
-                  and without the mirror-image average) against `model.predict` once per chip;
-                  the target is >= 300 chips/s
+                  classify): p50 and p95 per stage and in total, per variant; target p50 <= 5 ms
+  3. throughput - face chips at each variant's input size, classified in batches with the
+                  default predict settings (the mirror-image average when package.flip) and
+                  without the mirror; target >= 1,400 chips/s
 
-    python bench/predict_latency.py [--photos data/new_photos] [--serving data/serving]
-        [--keras data/model/model.keras] [--chips data/images] [--n 60]
+The variants are exported here from data/model and data/student by the package stage's own
+functions (float, and int8 calibrated on the same training photos), so the bench needs only
+the pipeline's outputs.
+
+    python bench/predict_latency.py [--photos data/new_photos] [--model data/model]
+        [--student data/student] [--report data/reports/predict_path.json] [--chips data/images] [--n 60]
 """
 
 import argparse
+import json
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from agerange.config import setup_logging
+from agerange.config import load_section, setup_logging
 
 
 def percentiles(samples: list[float]) -> str:
     p50, p95 = np.percentile(np.asarray(samples) * 1000, [50, 95])
-    return f"{p50:7.1f} {p95:7.1f}"
+    return f"{p50:7.2f} {p95:7.2f}"
 
 
 def main() -> None:
@@ -34,11 +41,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--photos", type=Path, default=Path("data/new_photos"))
-    parser.add_argument("--serving", type=Path, default=Path("data/serving"))
-    parser.add_argument("--keras", type=Path, default=Path("data/model/model.keras"))
+    parser.add_argument("--model", type=Path, default=Path("data/model"))
+    parser.add_argument("--student", type=Path, default=Path("data/student"))
+    parser.add_argument("--report", type=Path, default=Path("data/reports/predict_path.json"))
+    parser.add_argument("--splits", type=Path, default=Path("data/splits.parquet"))
     parser.add_argument("--chips", type=Path, default=Path("data/images"))
     parser.add_argument("--n", type=int, default=60, help="photos per latency row")
-    parser.add_argument("--batch-chips", type=int, default=512)
+    parser.add_argument("--batch-chips", type=int, default=1024)
     parser.add_argument("--naive-chips", type=int, default=64)
     args = parser.parse_args()
     setup_logging()  # before TensorFlow is imported: it quiets the notices a CPU run prints
@@ -48,11 +57,35 @@ def main() -> None:
     from agerange.faces import CHIP_SIZE, FaceDetector, align_face, select_faces
     from agerange.predict import AgePredictor, find_photos
     from agerange.preprocess import chip_pixels, read_image
+    from agerange.serving import calibration_chips, export_variant
 
-    predictor = AgePredictor.from_directory(args.serving)
-    size = predictor.image_size
+    settings = load_section("package")
     photos, _ = find_photos([args.photos])
     payloads = [(p.name, p.read_bytes()) for p in photos]
+    report = json.loads(args.report.read_text()) if args.report.is_file() else {}
+    accuracy = report.get("variant", {}).get("val", {})
+    served = report.get("variant", {}).get("chosen", "")
+
+    # the variants, exported by the package stage's functions
+    scratch = Path(tempfile.mkdtemp(prefix="agerange-bench-"))
+    splits = pd.read_parquet(args.splits)
+    train = splits[splits["split"] == "train"]
+    calibration = [
+        args.chips / p
+        for p in train.sample(n=min(settings.calibration_photos, len(train)), random_state=0)["path"]
+    ]
+    keras_models, predictors = {}, {}
+    for kind, folder in (("model", args.model), ("student", args.student)):
+        if not (folder / "model.keras").is_file():
+            continue
+        keras_models[kind] = keras.models.load_model(folder / "model.keras", compile=False)
+        info = json.loads((folder / "model_info.json").read_text())
+        export_variant(keras_models[kind], info, scratch / f"{kind}_float", settings)
+        chips = calibration_chips(scratch / f"{kind}_float", calibration)
+        export_variant(keras_models[kind], info, scratch / f"{kind}_int8", settings, chips)
+        for precision in ("float", "int8"):
+            predictors[f"{kind} {precision}"] = AgePredictor.from_directory(scratch / f"{kind}_{precision}")
+    first = next(iter(predictors.values()))
 
     # 1. detectors on the same photos
     print(f"\n1. Face detectors on {min(len(payloads), args.n)} photos ({photos[0].parent})")
@@ -76,60 +109,78 @@ def main() -> None:
         print(f"{name:<18} {percentiles(times)} {sum(counts):>6} {sum(c == 0 for c in counts):>8}")
 
     # 2. single-photo latency on one-face photos
-    find = predictor.detector.find_faces  # the detection predict uses
+    find = first.detector.find_faces
     one_face = [(n, d) for n, d in payloads if len(find(read_image(d, n))) == 1][: args.n]
-    model = keras.models.load_model(args.keras, compile=False)
-    print(f"\n2. Latency per one-face photo ({len(one_face)} photos), JPEG bytes to age range")
-    print(f"{'way':<10} {'stage':<10} {'p50 ms':>7} {'p95 ms':>7}")
-    rows = {}
-    for way in ("naive", "project"):
+    print(
+        f"\n2. Latency per one-face photo ({len(one_face)} photos), JPEG bytes to age range, "
+        f"mirror average {settings.flip}"
+    )
+    print(f"{'way':<16} {'stage':<9} {'p50 ms':>7} {'p95 ms':>7}   validation accuracy / within one")
+    totals = {}
+    ways = {
+        "naive model.predict": ("model", None),
+        **{name: (name.split()[0], p) for name, p in predictors.items()},
+    }
+    for way, (kind, predictor) in ways.items():
+        size = (predictor or predictors[f"{kind} float"]).image_size
         stages = {"decode": [], "detect": [], "align": [], "classify": [], "total": []}
         for index, (name, data) in enumerate(one_face + one_face[:1]):
             t0 = time.perf_counter()
             image = read_image(data, name)
             t1 = time.perf_counter()
-            faces, _ = select_faces(predictor.detector.find_faces(image), predictor.min_face_pixels)
+            faces, _ = select_faces(first.detector.find_faces(image), first.min_face_pixels)
             t2 = time.perf_counter()
             chips = np.stack([chip_pixels(align_face(image, f, CHIP_SIZE), size) for f in faces])
             t3 = time.perf_counter()
-            if way == "project":
-                predictor.classifier(chips, flip=predictor.flip)
+            if predictor is None:
+                keras_models[kind].predict(chips.astype(np.float32), verbose=0)
             else:
-                model.predict(chips.astype(np.float32), verbose=0)
+                predictor.classifier(chips, flip=predictor.flip)
             t4 = time.perf_counter()
             if index == 0:
                 continue  # the first call of each way pays one-time set-up
             for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
                 stages[stage].append(seconds)
-        rows[way] = stages
+        totals[way] = float(np.median(stages["total"]))
+        figures = accuracy.get(way)
+        known = f"   {figures['accuracy']:.3f} / {figures['within_one']:.3f}" if figures else ""
         for stage, samples in stages.items():
-            print(f"{way:<10} {stage:<10} {percentiles(samples)}")
-    ratio = np.median(rows["naive"]["total"]) / np.median(rows["project"]["total"])
-    print(f"p50 total: project {np.median(rows['project']['total']) * 1000:.1f} ms (target <= 60), "
-          f"{ratio:.1f}x faster than naive")  # fmt: skip
+            print(f"{way:<16} {stage:<9} {percentiles(samples)}{known if stage == 'total' else ''}")
+    for way, total in totals.items():
+        ratio = totals["naive model.predict"] / total
+        mark = "  <- served" if way == served else ""
+        print(f"p50 total {way:<20} {total * 1000:6.2f} ms (target <= 5), {ratio:4.1f}x naive{mark}")
 
-    # 3. batch throughput on face chips at the model's input size
+    # 3. batch throughput on face chips at each variant's input size
     chip_files = sorted(args.chips.rglob("*.jpg"))[: args.batch_chips]
-    chips = np.stack([chip_pixels(read_image(p), size) for p in chip_files])
-    print(f"\n3. Throughput on {len(chips)} face chips at {size} px")
-    print(f"{'way':<34} {'chips/s':>8}")
-    predictor.classifier(chips[:64], flip=False)
-    results = {}
-    for label, flip in (("project TFLite, batches of 64", False), ("project TFLite + mirror average", True)):
-        start = time.perf_counter()
-        predictor.classifier(chips, flip=flip, batch_size=64)
-        results[label] = len(chips) / (time.perf_counter() - start)
-    naive = chips[: args.naive_chips].astype(np.float32)
-    model.predict(naive[:1], verbose=0)
+    print(f"\n3. Throughput on {len(chip_files)} face chips (batches of 64)")
+    print(f"{'way':<22} {'size':>5} {'chips/s, mirror':>16} {'chips/s, none':>14}")
+    decoded = [read_image(p) for p in chip_files]
+    rates = {}
+    for way, predictor in predictors.items():
+        chips = np.stack([chip_pixels(image, predictor.image_size) for image in decoded])
+        predictor.classifier(chips[:64], flip=True)  # warm-up at this batch size
+        row = []
+        for flip in (True, False):
+            start = time.perf_counter()
+            predictor.classifier(chips, flip=flip, batch_size=64)
+            row.append(len(chips) / (time.perf_counter() - start))
+        rates[way] = row[0] if settings.flip else row[1]
+        print(f"{way:<22} {predictor.image_size:>5} {row[0]:>16.0f} {row[1]:>14.0f}")
+    size = predictors["model float"].image_size
+    naive = np.stack([chip_pixels(image, size) for image in decoded[: args.naive_chips]]).astype(np.float32)
+    keras_models["model"].predict(naive[:1], verbose=0)
     start = time.perf_counter()
     for chip in naive:
-        model.predict(chip[None], verbose=0)
-    results["naive model.predict per chip"] = len(naive) / (time.perf_counter() - start)
-    for label, rate in results.items():
-        print(f"{label:<34} {rate:>8.0f}")
-    best = results["project TFLite, batches of 64"]
-    speedup = best / results["naive model.predict per chip"]
-    print(f"project {best:.0f} chips/s (target >= 300), {speedup:.0f}x naive")
+        keras_models["model"].predict(chip[None], verbose=0)
+    naive_rate = len(naive) / (time.perf_counter() - start)
+    print(f"{'naive model.predict':<22} {size:>5} {'':>16} {naive_rate:>14.0f}")
+    for way, rate in rates.items():
+        mark = "  <- served" if way == served else ""
+        print(
+            f"{way:<22} {rate:6.0f} chips/s with the default settings (target >= 1400), "
+            f"{rate / naive_rate:5.1f}x naive{mark}"
+        )
 
 
 if __name__ == "__main__":

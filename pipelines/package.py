@@ -1,27 +1,32 @@
 """DVC stage `package`: turn the trained Keras model into the model that predict and serving use.
 
-Exports the classifier to TFLite (probabilities + embedding outputs), checks it agrees with the
-Keras model, saves the MLflow pyfunc (photo bytes in, one row per face out) and logs it to the
-training run as `serving_model`, which the register stage registers. Then measures that model
-the way users meet it: every validation and test chip through the whole predict path (face
-detection, alignment, TFLite classifier), reported in JSON and on the training run.
+Exports the classifier to TFLite in float32 (checked against Keras) and as full-integer int8
+(calibrated on training photos' face chips), and the same for the distil stage's student when
+one is given. Measures every variant through the whole predict path (face detection, alignment,
+TFLite classifier) on the validation photos and serves the fastest whose accuracy the declared
+rule allows (`serving.choose_variant`, `package.max_accuracy_loss`). Saves it as the MLflow
+pyfunc (photo bytes in, one row per face out), logs it to the training run as `serving_model`
+(the register stage registers it), and reports the served variant on validation, test and the
+labelled new photos, with every variant's validation figures beside it.
 """
 
 import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from agerange import tracking
 from agerange.config import ConfigError, fail, load_section, setup_logging
 from agerange.files import write_json
-from agerange.serving import package, predict_path_report
+from agerange.serving import package_fastest, predict_path_report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, required=True, help="the train stage's model folder")
+    parser.add_argument("--student", type=Path, help="the distil stage's model folder (optional)")
     parser.add_argument("--out", type=Path, required=True, help="output: the pyfunc model folder")
     parser.add_argument("--splits", type=Path, required=True)
     parser.add_argument("--images", type=Path, required=True)
@@ -35,29 +40,52 @@ def main() -> None:
         fail(str(error))
     import keras  # after setup_logging, which quiets TensorFlow's start-up notices
 
-    if not (args.model / "model.keras").is_file():
-        fail(f"{args.model}: no model.keras (run `dvc repro train` first)")
-    model = keras.models.load_model(args.model / "model.keras", compile=False)
-    info = json.loads((args.model / "model_info.json").read_text())
+    models = {}
+    for kind, folder, stage in (("model", args.model, "train"), ("student", args.student, "distil")):
+        if folder is None:
+            continue
+        if not (folder / "model.keras").is_file():
+            fail(f"{folder}: no model.keras (run `dvc repro {stage}` first)")
+        info = json.loads((folder / "model_info.json").read_text())
+        models[kind] = (keras.models.load_model(folder / "model.keras", compile=False), info)
     reference = tracking.read_run_reference(args.model / "run.json")
     tracking.use_tracking_uri(reference["tracking_uri"])
+
+    splits = pd.read_parquet(args.splits)
+    val = splits[splits["split"] == "val"]
+    train = splits[splits["split"] == "train"]
+    calibration = train.sample(n=min(settings.calibration_photos, len(train)), random_state=0)
     try:
-        gap = package(model, info, args.out, settings)
+        choice = package_fastest(
+            models,
+            args.out,
+            settings,
+            [args.images / path for path in val["path"]],
+            val["age_group"].to_numpy(np.int64),
+            [args.images / path for path in calibration["path"]],
+        )
     except ValueError as error:
         fail(str(error))
     model_uri = tracking.log_serving_model(args.out, reference["run_id"])
     tracking.write_run_reference(args.out / "run.json", reference["run_id"], model_uri)
 
-    results = predict_path_report(args.out, pd.read_parquet(args.splits), args.images, args.new_photos)
-    write_json(results, args.metrics)
+    results = predict_path_report(args.out, splits, args.images, args.new_photos)
+    write_json({**results, "variant": choice}, args.metrics)
     with tracking.start_run("", "", resume_run_id=reference["run_id"]):
         for side, metrics in results.items():
             tracking.log_metrics(metrics, prefix=f"predict_path_{side}_")
+        for name, metrics in choice["val"].items():
+            tracking.log_metrics(metrics, prefix=f"variant_{name.replace(' ', '_')}_val_")
+        tracking.set_tags({"served_variant": choice["chosen"]})
     test = results["test"]
+    figures = "; ".join(
+        f"{name} {m['accuracy']:.3f} / {m['within_one']:.3f}" for name, m in choice["val"].items()
+    )
     print(
-        f"package: {args.out} (TFLite classifier agrees with Keras within {gap:.1e}), logged as {model_uri}; "
-        f"through the predict path the test split gets accuracy {test['accuracy']:.3f}, within one "
-        f"{test['within_one']:.3f}, a face found in {test['faces_found']:.1%} of the chips."
+        f"package: {args.out} serves the {choice['chosen']} variant (validation accuracy / within one: "
+        f"{figures}), logged as {model_uri}; through the predict path the test split gets accuracy "
+        f"{test['accuracy']:.3f}, within one {test['within_one']:.3f}, a face found in "
+        f"{test['faces_found']:.1%} of the chips."
     )
 
 

@@ -1,6 +1,7 @@
 """The `agerange` command: tools for people, over the same functions the pipeline uses."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -42,7 +43,6 @@ def predict_command(args: argparse.Namespace) -> int:
 
     from agerange.files import atomic_path
     from agerange.predict import annotate, find_photos, format_table, load_predictor, result_rows
-    from agerange.preprocess import ImageError, read_image
 
     photos, missing = find_photos(args.paths)
     for line in missing:
@@ -52,21 +52,19 @@ def predict_command(args: argparse.Namespace) -> int:
         return 1
     predictor = load_predictor(args.model, store=args.store)
     results = []
-    for photo in tqdm(photos, desc="photos", unit="photo", disable=len(photos) < 2, file=sys.stderr):
-        try:
-            image = read_image(photo)
-        except ImageError as error:
-            from agerange.predict import PhotoPrediction
-
-            results.append(PhotoPrediction(str(photo), error=str(error)))
-            tqdm.write(f"error: {error}", file=sys.stderr)  # on its own line, above the progress bar
-            continue
-        result, _ = predictor.predict_image(image, str(photo))
+    stream = predictor.stream(photos, batch_photos=args.batch, workers=args.workers)
+    progress = tqdm(
+        stream, total=len(photos), desc="photos", unit="photo", disable=len(photos) < 2, file=sys.stderr
+    )
+    for prepared, result in progress:
         results.append(result)
+        if result.error is not None:
+            tqdm.write(f"error: {result.error}", file=sys.stderr)  # on its own line, above the progress bar
+            continue
         if args.annotate:
             args.annotate.mkdir(parents=True, exist_ok=True)
-            with atomic_path(args.annotate / f"{photo.stem}.annotated.jpg") as target:
-                annotate(image, result).save(target, format="JPEG", quality=90)
+            with atomic_path(args.annotate / f"{Path(prepared.name).stem}.annotated.jpg") as target:
+                annotate(prepared.image, result).save(target, format="JPEG", quality=90)
     output = io.StringIO()
     if args.format == "json":
         json.dump([result.as_dict() for result in results], output, indent=2)
@@ -141,7 +139,21 @@ def _add_predict(commands) -> None:
     predict.add_argument(
         "--annotate", type=Path, help="folder for copies of the photos with boxes and labels"
     )
+    predict.add_argument(
+        "--workers", type=_at_least_one, default=os.cpu_count() or 1,
+        help="threads that decode photos and find faces while the classifier works (default: one per core)",
+    )  # fmt: skip
+    predict.add_argument(
+        "--batch", type=_at_least_one, default=32, help="photos whose faces are classified together"
+    )
     predict.set_defaults(run=predict_command)
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least 1")
+    return int(text)
 
 
 def _add_web(commands) -> None:

@@ -161,11 +161,19 @@ class PackageConfig:
     min_face_pixels: int = 32
     flip: bool = True
     neighbour_weight: float = 0.5
+    # the package stage serves the fastest variant (int8, distilled student) whose validation
+    # accuracy and within-one accuracy each lose at most this much against the trained model
+    max_accuracy_loss: float = 0.005
+    calibration_photos: int = 300  # training photos whose face chips calibrate the int8 export
     # extra age ranges to answer in, [[lowest, highest], ..., [lowest, null]] covering 0 and up
     # (e.g. FairFace's); None: the age groups only
     ranges: list[list[int | None]] | None = None
 
     def __post_init__(self) -> None:
+        if not 0 <= self.max_accuracy_loss < 1:
+            raise ConfigError(f"package.max_accuracy_loss: {self.max_accuracy_loss} is not a share in [0, 1)")
+        if self.calibration_photos < 1:
+            raise ConfigError(f"package.calibration_photos: {self.calibration_photos} must be at least 1")
         if self.ranges is not None:
             try:
                 if any(not isinstance(pair, list) or len(pair) != 2 for pair in self.ranges):
@@ -177,6 +185,21 @@ class PackageConfig:
     def range_list(self) -> list[tuple[int, int | None]] | None:
         """`ranges` as (lowest, highest) pairs."""
         return None if self.ranges is None else [tuple(pair) for pair in self.ranges]
+
+
+@dataclass(frozen=True)
+class DistilConfig:
+    """The distil stage: one student network trained on the trained model's probabilities."""
+
+    image_size: int  # the student's input side in pixels
+    teacher_weight: float  # share of the teacher's probabilities in each target (the rest: the label's)
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.image_size < 32:
+            raise ConfigError(f"distil.image_size: {self.image_size} is below 32 pixels")
+        if not 0 <= self.teacher_weight <= 1:
+            raise ConfigError(f"distil.teacher_weight: {self.teacher_weight} is not a share in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -205,6 +228,7 @@ SECTIONS: dict[str, type] = {
     "rebalance": RebalanceConfig,
     "label_check": LabelCheckConfig,
     "train": TrainConfig,
+    "distil": DistilConfig,
     "tune": TuneConfig,
     "package": PackageConfig,
     "drift": DriftConfig,

@@ -128,11 +128,17 @@ class FaceDetector:
             raise DetectorError(f"{path}: wrong checksum for {filename}")
         self.name = name
         self.min_score = min_score
+        self.path = path
         self.interpreter = tflite_interpreter(content, threads)
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         outputs = sorted(self.interpreter.get_output_details(), key=lambda d: -d["shape"][-1])
         self.boxes_index, self.scores_index = outputs[0]["index"], outputs[1]["index"]
         self.anchors = _anchors(self.input_size, strides)
+
+    def copy(self, threads: int = 1) -> "FaceDetector":
+        """Another detector with the same model and settings, for another thread (an interpreter
+        keeps state between calls, so threads must not share one)."""
+        return FaceDetector(self.name, self.min_score, self.path, threads)
 
     def __call__(self, image: Image.Image) -> list[Face]:
         pixels, scale, (pad_x, pad_y) = letterbox(image, self.input_size)

@@ -10,8 +10,11 @@ layer's features (the embeddings the drift report compares).
 """
 
 import json
+import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,9 @@ from agerange.labels import AGE_BINS
 from agerange.preprocess import ImageError, chip_pixels, read_image
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+# the largest photo file the web page and the served model take: above any phone photo, and a
+# bound on what one request can make a server hold
+MAX_PHOTO_BYTES = 30 * 1024 * 1024
 CLASSIFIER_FILE = "classifier.tflite"
 INFO_FILE = "model_info.json"
 
@@ -89,14 +95,28 @@ class Classifier:
         self.probabilities_index = next(o["index"] for o in outputs if o["shape"][-1] in (10, AGE_BINS))
         self.features_index = next(o["index"] for o in outputs if o["index"] != self.probabilities_index)
         self.image_size = int(self.input["shape"][1])
+        # an int8 model (serving.export_classifier with calibration chips) reads uint8 pixels
+        self.precision = "float" if self.input["dtype"] == np.float32 else "int8"
         self.batch = 0
+
+    def _as_input(self, batch: np.ndarray) -> np.ndarray:
+        """Pixels 0-255 in the model's input type: float32, or quantized with the input's scale
+        (an int8 export is calibrated so that uint8 pixels are its input as they are)."""
+        kind = self.input["dtype"]
+        if kind == np.float32:
+            return batch.astype(np.float32)
+        scale, zero = self.input["quantization"]
+        if kind == np.uint8 and (scale, zero) == (1.0, 0):
+            return batch.astype(np.uint8)
+        limits = np.iinfo(kind)
+        return np.clip(np.round(batch / scale + zero), limits.min, limits.max).astype(kind)
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(batch) != self.batch:
             self.interpreter.resize_tensor_input(self.input["index"], list(batch.shape))
             self.interpreter.allocate_tensors()
             self.batch = len(batch)
-        self.interpreter.set_tensor(self.input["index"], batch)
+        self.interpreter.set_tensor(self.input["index"], self._as_input(batch))
         self.interpreter.invoke()
         return (
             self.interpreter.get_tensor(self.probabilities_index).copy(),
@@ -113,7 +133,7 @@ class Classifier:
         """
         probabilities, features = [], []
         for start in range(0, len(chips), batch_size):
-            batch = chips[start : start + batch_size].astype(np.float32)
+            batch = chips[start : start + batch_size]
             if flip:
                 batch = np.concatenate([batch, batch[:, :, ::-1]])
             probs, feats = self._run(batch)
@@ -127,8 +147,24 @@ class Classifier:
         return np.concatenate(probabilities), np.concatenate(features)
 
 
+@dataclass
+class PreparedPhoto:
+    """A photo decoded, its faces found and cut into chips, not yet classified."""
+
+    name: str
+    image: Image.Image | None = None
+    faces: list[Face] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    chips: np.ndarray | None = None
+    error: str | None = None
+
+
 class AgePredictor:
-    """Photo in, one `FacePrediction` per usable face out."""
+    """Photo in, one `FacePrediction` per usable face out.
+
+    Decoding, detection and alignment may run in several threads at once (each detection on
+    its own detector); the classifier runs one batch at a time, the faces of many photos together.
+    """
 
     def __init__(
         self, classifier: Classifier, info: dict[str, Any], detector: FaceDetector, settings: PackageConfig
@@ -141,8 +177,11 @@ class AgePredictor:
         self.neighbour_weight = settings.neighbour_weight  # the decision rule (inference.decide_groups)
         self.ranges = settings.range_list()
         self.image_size = int(info["image_size"])
-        # the TFLite interpreters keep state between calls: servers may call from several threads
+        # TFLite interpreters keep state between calls: one classifier call at a time, and each
+        # detection on a detector no other thread holds
         self._lock = threading.Lock()
+        self._idle_detectors: queue.SimpleQueue[FaceDetector] = queue.SimpleQueue()
+        self._idle_detectors.put(detector)
 
     @classmethod
     def from_directory(cls, folder: Path, **overrides: Any) -> "AgePredictor":
@@ -168,9 +207,24 @@ class AgePredictor:
         )
         return cls(Classifier(folder / CLASSIFIER_FILE), info, detector, settings)
 
+    @contextmanager
+    def _borrowed_detector(self) -> Iterator[FaceDetector]:
+        """A detector no other thread is using: an idle one, or a new copy when all are busy
+        (as many exist as photos were ever detected at once)."""
+        try:
+            detector = self._idle_detectors.get_nowait()
+        except queue.Empty:
+            detector = self.detector.copy(threads=1)
+        try:
+            yield detector
+        finally:
+            self._idle_detectors.put(detector)
+
     def face_chips(self, image: Image.Image) -> tuple[list[Face], list[str], np.ndarray]:
         """Usable faces (largest first), reasons for the skipped ones, and their model-size chips."""
-        faces, skipped = select_faces(self.detector.find_faces(image), self.min_face_pixels)
+        with self._borrowed_detector() as detector:
+            found = detector.find_faces(image)
+        faces, skipped = select_faces(found, self.min_face_pixels)
         chips = (
             np.stack([chip_pixels(align_face(image, face, CHIP_SIZE), self.image_size) for face in faces])
             if faces
@@ -178,20 +232,50 @@ class AgePredictor:
         )
         return faces, [skip.reason for skip in skipped], chips
 
-    def predict_image(self, image: Image.Image, name: str) -> tuple[PhotoPrediction, np.ndarray]:
-        """Predictions for one decoded photo, and the embeddings of its faces (for drift)."""
-        with self._lock:
-            faces, skipped, chips = self.face_chips(image)
-            probabilities, embeddings = self.classifier(chips, flip=self.flip)
-        result = PhotoPrediction(name, image.width, image.height, skipped=skipped)
-        if not faces:
-            result.skipped.append("no face found" if not skipped else "no face large enough to classify")
-            return result, embeddings
+    def prepare(self, source: Path | bytes | Image.Image, name: str | None = None) -> PreparedPhoto:
+        """Decode a photo (a file, its bytes or a decoded image) and cut its faces into chips;
+        an unreadable photo gives a PreparedPhoto with `error`. Safe to call from several threads."""
+        label = name or str(source)
+        if isinstance(source, Image.Image):
+            image = source
+        else:
+            try:
+                image = read_image(source, label)
+            except ImageError as error:
+                return PreparedPhoto(label, error=str(error))
+        faces, skipped, chips = self.face_chips(image)
+        return PreparedPhoto(label, image, faces, skipped, chips)
+
+    def classify(self, prepared: list[PreparedPhoto]) -> list[tuple[PhotoPrediction, np.ndarray]]:
+        """Predictions and face embeddings for prepared photos: all their faces in one batch."""
+        chips = [photo.chips for photo in prepared if photo.chips is not None and len(photo.chips)]
+        if chips:
+            with self._lock:
+                probabilities, embeddings = self.classifier(np.concatenate(chips), flip=self.flip)
+        answers, start = [], 0
+        for photo in prepared:
+            count = 0 if photo.chips is None else len(photo.chips)
+            rows = slice(start, start + count)
+            start += count
+            if photo.error is not None:
+                answers.append((PhotoPrediction(photo.name, error=photo.error), np.zeros((0, 0), np.float32)))
+                continue
+            result = self._photo_result(photo, probabilities[rows] if count else None)
+            answers.append((result, embeddings[rows] if count else np.zeros((0, 0), np.float32)))
+        return answers
+
+    def _photo_result(self, photo: PreparedPhoto, probabilities: np.ndarray | None) -> PhotoPrediction:
+        image = photo.image
+        result = PhotoPrediction(photo.name, image.width, image.height, skipped=list(photo.skipped))
+        if probabilities is None:
+            why = "no face found" if not photo.skipped else "no face large enough to classify"
+            result.skipped.append(why)
+            return result
         groups, ages = decode_probabilities(probabilities, self.neighbour_weight)
         group_probs = group_probabilities(probabilities)
         estimates, intervals = age_in_group(probabilities, groups), age_interval(probabilities, 0.8)
         in_ranges = self.range_answers(probabilities)
-        for index, (face, group, probs) in enumerate(zip(faces, groups, group_probs, strict=True)):
+        for index, (face, group, probs) in enumerate(zip(photo.faces, groups, group_probs, strict=True)):
             result.faces.append(
                 FacePrediction(
                     face=index,
@@ -210,7 +294,11 @@ class AgePredictor:
                     **(in_ranges[index] if in_ranges else {}),
                 )
             )
-        return result, embeddings
+        return result
+
+    def predict_image(self, image: Image.Image, name: str) -> tuple[PhotoPrediction, np.ndarray]:
+        """Predictions for one decoded photo, and the embeddings of its faces (for drift)."""
+        return self.classify([self.prepare(image, name)])[0]
 
     def range_answers(self, probabilities: np.ndarray) -> list[dict[str, Any]]:
         """Each face's answer in `package.ranges` (decided like the groups), [] when none are set."""
@@ -225,12 +313,35 @@ class AgePredictor:
 
     def predict_file(self, source: Path | bytes, name: str | None = None) -> PhotoPrediction:
         """Predictions for a photo file or its bytes; an unreadable photo gives a result with `error`."""
-        label = name or str(source)
-        try:
-            image = read_image(source, label)
-        except ImageError as error:
-            return PhotoPrediction(label, error=str(error))
-        return self.predict_image(image, label)[0]
+        return self.classify([self.prepare(source, name)])[0][0]
+
+    def predict_many(
+        self, sources: Sequence[Path | bytes], names: Sequence[str] | None = None, workers: int = 2
+    ) -> list[PhotoPrediction]:
+        """Predictions for several photos: decoded and detected in `workers` threads, their faces
+        classified in one batch."""
+        labels = list(names) if names is not None else [str(source) for source in sources]
+        if workers <= 1 or len(sources) <= 1:
+            prepared = [self.prepare(source, label) for source, label in zip(sources, labels, strict=True)]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                prepared = list(pool.map(self.prepare, sources, labels))
+        return [result for result, _ in self.classify(prepared)]
+
+    def stream(
+        self, photos: Sequence[Path], batch_photos: int = 32, workers: int = 2
+    ) -> Iterator[tuple[PreparedPhoto, PhotoPrediction]]:
+        """Predictions photo by photo, in order, for a long list: the next `batch_photos` are
+        decoded and detected in `workers` threads while the current batch is classified."""
+        batches = [photos[start : start + batch_photos] for start in range(0, len(photos), batch_photos)]
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            pending = [pool.submit(self.prepare, photo) for photo in batches[0]] if batches else []
+            for index in range(len(batches)):
+                prepared = [future.result() for future in pending]
+                following = batches[index + 1] if index + 1 < len(batches) else []
+                pending = [pool.submit(self.prepare, photo) for photo in following]
+                for photo, (result, _) in zip(prepared, self.classify(prepared), strict=True):
+                    yield photo, result
 
 
 def load_predictor(model: str, store: str | Path | None = None, **settings: Any) -> AgePredictor:
@@ -261,8 +372,7 @@ def predict_path_metrics(predictor: AgePredictor, photos: list[Path], groups: np
     as it would for a user. Returns accuracy, within_one, faces_found (shares) and n.
     """
     predicted = np.full(len(photos), metrics.NO_ANSWER)
-    for index, photo in enumerate(photos):
-        result = predictor.predict_file(photo)
+    for index, (_, result) in enumerate(predictor.stream(photos)):
         if result.faces:
             predicted[index] = result.faces[0].group_index
     return {
@@ -291,12 +401,6 @@ def find_photos(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
         else:
             errors.append(f"{path}: no such file or folder")
     return photos, errors
-
-
-def predict_photos(predictor: AgePredictor, photos: list[Path]) -> Iterator[PhotoPrediction]:
-    """Predictions photo by photo, so a caller can show progress and stream output."""
-    for photo in photos:
-        yield predictor.predict_file(photo)
 
 
 def result_rows(results: list[PhotoPrediction], photo_ids: Sequence | None = None) -> list[dict[str, Any]]:

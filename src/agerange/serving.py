@@ -8,6 +8,7 @@ it takes a DataFrame with an `image` column of photo bytes and returns one row p
 """
 
 import base64
+import binascii
 import dataclasses
 import io
 import json
@@ -32,11 +33,14 @@ from agerange.files import atomic_path
 from agerange.predict import (
     CLASSIFIER_FILE,
     INFO_FILE,
+    MAX_PHOTO_BYTES,
     AgePredictor,
     Classifier,
+    PhotoPrediction,
     predict_path_metrics,
     result_rows,
 )
+from agerange.preprocess import read_image
 from agerange.provenance import pinned
 
 log = logging.getLogger(__name__)
@@ -60,8 +64,14 @@ OUTPUT_COLUMNS = [
 ]
 
 
-def export_classifier(model, path: Path) -> Path:
-    """Write the Keras classifier as TFLite, with its `features` layer as a second output."""
+def export_classifier(model, path: Path, calibration: np.ndarray | None = None) -> Path:
+    """Write the Keras classifier as TFLite, with its `features` layer as a second output.
+
+    With `calibration` (uint8 face chips at the model's input size, a few hundred), the export
+    is full-integer: int8 weights and activations, uint8 pixels in, float outputs. Its
+    activation ranges are the ones those chips produce, so they should look like predict's own
+    chips. Without it, the export computes in float32 like Keras.
+    """
     import contextlib
 
     import keras
@@ -69,6 +79,22 @@ def export_classifier(model, path: Path) -> Path:
 
     two_outputs = keras.Model(model.inputs, [model.output, model.get_layer("features").output])
     converter = tf.lite.TFLiteConverter.from_keras_model(two_outputs)
+    if calibration is not None:
+        if not len(calibration):
+            raise ValueError(f"{path}: no calibration chips for the int8 export")
+        size = calibration.shape[1]
+        # a black and a white chip pin the input range to 0-255, so uint8 pixels need no rescaling
+        extremes = np.stack([np.zeros((size, size, 3), np.uint8), np.full((size, size, 3), 255, np.uint8)])
+        chips = np.concatenate([extremes, calibration])
+
+        def representative():
+            for chip in chips:
+                yield [chip[None].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
     # the converter prints every captured tensor to stdout; keep the stage log readable
     with contextlib.redirect_stdout(io.StringIO()):
         flat = converter.convert()
@@ -77,31 +103,128 @@ def export_classifier(model, path: Path) -> Path:
     return Path(path)
 
 
-def package(model, info: dict[str, Any], out: Path, settings: PackageConfig) -> float:
-    """Export `model`, check the export agrees with it, and save the pyfunc folder at `out`.
+# The packaged classifiers `package_fastest` weighs, fastest first: the distilled student (one
+# network, perhaps at a smaller input) before the trained model (an ensemble costs one top part
+# per member), and int8 before float (about twice the speed on a CPU).
+VARIANTS_FASTEST_FIRST = ("student int8", "student float", "model int8", "model float")
+REFERENCE_VARIANT = "model float"  # the trained model as Keras computes it: what the others must match
 
-    Returns the largest probability difference between the TFLite export and Keras.
+
+def export_variant(
+    model, info: dict[str, Any], folder: Path, settings: PackageConfig, calibration: np.ndarray | None = None
+) -> float:
+    """Write one classifier variant into `folder` (classifier.tflite and model_info.json, which
+    carries the predict settings): float32, or int8 when `calibration` chips are given.
+
+    A float export is checked against Keras; returns the largest probability difference (NaN for
+    int8, which differs by design and is judged by accuracy instead).
     """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    export_classifier(model, folder / CLASSIFIER_FILE, calibration)
     info = {**info, "predict": dataclasses.asdict(settings)}  # the model carries its own settings
+    info["precision"] = "float" if calibration is None else "int8"
+    (folder / INFO_FILE).write_text(json.dumps(info, indent=2))
+    if calibration is not None:
+        return float("nan")
+    size = int(info["image_size"])
+    chips = np.random.default_rng(0).integers(0, 256, (4, size, size, 3)).astype(np.float32)
+    exported = Classifier(folder / CLASSIFIER_FILE)(chips, flip=False)[0]
+    gap = float(np.abs(exported - np.asarray(model(chips))).max())
+    if gap > 1e-3:
+        raise ValueError(f"{CLASSIFIER_FILE}: TFLite export differs from the Keras model by {gap:.4f}")
+    return gap
+
+
+def save_variant(folder: Path, out: Path, settings: PackageConfig) -> Path:
+    """Save an exported variant's folder as the served pyfunc at `out` (atomically)."""
+    info = json.loads((Path(folder) / INFO_FILE).read_text())
+    artifacts = {
+        "classifier": Path(folder) / CLASSIFIER_FILE,
+        "model_info": Path(folder) / INFO_FILE,
+        # the detector's model file travels with the model, so serving needs no other package for it
+        "detector": packaged_detector_path(settings.detector),
+    }
+    return save_serving_model(out, artifacts, info)
+
+
+def package(model, info: dict[str, Any], out: Path, settings: PackageConfig) -> float:
+    """Export `model` in float32, check the export agrees with it, and save the pyfunc folder at
+    `out`. Returns the largest probability difference between the TFLite export and Keras."""
+    with tempfile.TemporaryDirectory() as scratch:
+        gap = export_variant(model, info, Path(scratch), settings)
+        save_variant(Path(scratch), out, settings)
+    return gap
+
+
+def calibration_chips(folder: Path, photos: list[Path]) -> np.ndarray:
+    """Face chips as predict makes them (detected, aligned, at the model's input size) from
+    `photos`, the largest face of each: the int8 export's calibration data."""
+    predictor = AgePredictor.from_directory(folder)
+    chips = []
+    for photo in photos:
+        image = read_image(photo)
+        _, _, found = predictor.face_chips(image)
+        chips.extend(found[:1])
+    size = predictor.image_size
+    return np.stack(chips) if chips else np.zeros((0, size, size, 3), np.uint8)
+
+
+def choose_variant(val: dict[str, dict[str, float]], max_loss: float) -> str:
+    """The declared rule: the fastest variant (`VARIANTS_FASTEST_FIRST`) whose validation
+    accuracy and within-one accuracy are each at most `max_loss` below the trained model's float
+    export (`REFERENCE_VARIANT`), measured through the whole predict path."""
+    reference = val[REFERENCE_VARIANT]
+    for name in VARIANTS_FASTEST_FIRST:
+        figures = val.get(name)
+        if figures and all(figures[key] >= reference[key] - max_loss for key in ("accuracy", "within_one")):
+            return name
+    return REFERENCE_VARIANT
+
+
+def package_fastest(
+    models: dict[str, tuple[Any, dict[str, Any]]],
+    out: Path,
+    settings: PackageConfig,
+    val_photos: list[Path],
+    val_groups: np.ndarray,
+    calibration_photos: list[Path],
+) -> dict[str, Any]:
+    """Export every variant of `models` ("model": the train stage's, and "student": the distil
+    stage's, each a Keras model and its info), measure each through the whole predict path on
+    the validation photos, and save the one `choose_variant` picks at `out`.
+
+    Returns the choice: `chosen`, `val` (every variant's figures) and `float_gap` (float
+    exports against Keras). The served model's info records the same.
+    """
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        export_classifier(model, scratch / CLASSIFIER_FILE)
-        (scratch / INFO_FILE).write_text(json.dumps(info, indent=2))
-        size = int(info["image_size"])
-        chips = np.random.default_rng(0).integers(0, 256, (4, size, size, 3)).astype(np.float32)
-        exported = Classifier(scratch / CLASSIFIER_FILE)(chips, flip=False)[0]
-        gap = float(np.abs(exported - np.asarray(model(chips))).max())
-        if gap > 1e-3:
-            raise ValueError(f"{CLASSIFIER_FILE}: TFLite export differs from the Keras model by {gap:.4f}")
-        # the detector's model file travels with the model, so serving needs no other package for it
-        detector = packaged_detector_path(settings.detector)
-        artifacts = {
-            "classifier": scratch / CLASSIFIER_FILE,
-            "model_info": scratch / INFO_FILE,
-            "detector": detector,
-        }
-        save_serving_model(out, artifacts, info)
-    return gap
+        folders, gaps = {}, {}
+        for kind, (model, info) in models.items():
+            folders[f"{kind} float"] = scratch / f"{kind}_float"
+            gaps[kind] = export_variant(model, info, folders[f"{kind} float"], settings)
+            calibration = calibration_chips(folders[f"{kind} float"], calibration_photos)
+            folders[f"{kind} int8"] = scratch / f"{kind}_int8"
+            export_variant(model, info, folders[f"{kind} int8"], settings, calibration)
+        val = {}
+        for name, folder in folders.items():
+            val[name] = predict_path_metrics(AgePredictor.from_directory(folder), val_photos, val_groups)
+            log.info("%s on validation: accuracy %.4f, within one %.4f", name, val[name]["accuracy"],
+                     val[name]["within_one"])  # fmt: skip
+        chosen = choose_variant(val, settings.max_accuracy_loss)
+        rule = _rule_text(settings.max_accuracy_loss)
+        choice = {"chosen": chosen, "rule": rule, "val": val, "float_gap": gaps}
+        info_file = folders[chosen] / INFO_FILE
+        info_file.write_text(json.dumps({**json.loads(info_file.read_text()), "variant": choice}, indent=2))
+        save_variant(folders[chosen], out, settings)
+    return choice
+
+
+def _rule_text(max_loss: float) -> str:
+    return (
+        f"fastest of {', '.join(VARIANTS_FASTEST_FIRST)} within {max_loss * 100:.1f} points of "
+        f"{REFERENCE_VARIANT} in validation accuracy and within-one accuracy (whole predict path)"
+    )
 
 
 def save_serving_model(folder: Path, artifacts: dict[str, Path], info: dict[str, Any]) -> Path:
@@ -158,17 +281,42 @@ def predict_path_report(
 
 def predictions_table(results: list[Any]) -> pd.DataFrame:
     """One row per face (photo index, box, group, probability, expected age); a photo without a
-    usable face gives one row with face -1 and `error` saying why, so no photo goes missing."""
+    usable face gives one row with face -1 and `error` saying why, so no photo goes missing.
+    Its missing figures are None (JSON null), not NaN, which strict JSON parsers refuse."""
     rows = result_rows(results, photo_ids=range(len(results)))
     table = pd.DataFrame(rows, columns=[*OUTPUT_COLUMNS, "note"])
     no_face = table["face"].isna()
     table["error"] = table["note"].where(no_face, "")
     table["face"] = table["face"].fillna(-1).astype(int)
-    return table[OUTPUT_COLUMNS]
+    table = table[OUTPUT_COLUMNS]
+    return table.astype(object).where(table.notna(), None) if no_face.any() else table
+
+
+def photo_bytes(data: Any, name: str) -> tuple[bytes | None, str | None]:
+    """A request's image cell as photo bytes, or None and why not (one line naming the image).
+
+    `dataframe_split` requests arrive base64-decoded by the scoring server; `inputs`-style ones
+    arrive as base64 text.
+    """
+    if isinstance(data, str):
+        try:
+            data = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            return None, f"{name}: not valid base64"
+    if not isinstance(data, bytes | bytearray | memoryview):
+        return None, f"{name}: expected photo bytes, got {type(data).__name__}"
+    if len(data) > MAX_PHOTO_BYTES:
+        size, limit = len(data) / 1024**2, MAX_PHOTO_BYTES // 1024**2
+        return None, f"{name}: photo of {size:.1f} MB is over the {limit} MB limit"
+    return bytes(data), None
 
 
 class AgeRangeModel(PythonModel):
     """MLflow pyfunc: photo bytes in (column `image`), one row per face out.
+
+    The faces of all photos in a request are classified in one batch. A request in which no
+    photo can be read is refused (HTTP 400, the first reason); otherwise unreadable photos get
+    a row with `error` and the others are answered.
 
     `predict` has no type hints on purpose: with them MLflow would skip decoding base64 image
     columns in the scoring server's `dataframe_split` requests.
@@ -178,9 +326,23 @@ class AgeRangeModel(PythonModel):
         self.predictor = AgePredictor.from_directory(Path(context.artifacts["model_info"]).parent)
 
     def predict(self, context, model_input, params=None):
-        results = []
-        for index, data in enumerate(model_input["image"]):
-            if isinstance(data, str):  # `inputs`-style requests are not base64-decoded by the server
-                data = base64.b64decode(data)
-            results.append(self.predictor.predict_file(bytes(data), name=f"image {index}"))
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        if "image" not in model_input:
+            columns = ", ".join(map(str, model_input.columns))
+            raise MlflowException(f"no 'image' column (got: {columns})", INVALID_PARAMETER_VALUE)
+        names = [f"image {index}" for index in range(len(model_input))]
+        cells = [photo_bytes(data, name) for data, name in zip(model_input["image"], names, strict=True)]
+        readable = [index for index, (data, _) in enumerate(cells) if data is not None]
+        answers = dict(
+            zip(
+                readable,
+                self.predictor.predict_many([cells[i][0] for i in readable], [names[i] for i in readable]),
+                strict=True,
+            )
+        )
+        results = [answers.get(i) or PhotoPrediction(names[i], error=cells[i][1]) for i in range(len(cells))]
+        if results and all(result.error for result in results):
+            raise MlflowException(results[0].error, INVALID_PARAMETER_VALUE)
         return predictions_table(results)

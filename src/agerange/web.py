@@ -7,18 +7,17 @@ their own machine (`agerange web`), not for the internet: use `mlflow models ser
 
 import json
 import logging
-import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from agerange.predict import AgePredictor
+from agerange.predict import MAX_PHOTO_BYTES, AgePredictor
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 30 * 1024 * 1024  # larger than any phone photo; stops a runaway upload early
+MAX_BODY_BYTES = MAX_PHOTO_BYTES  # refused from Content-Length alone: a runaway upload is never read
 PAGE_FILE = "web_page.html"
 
 
@@ -36,9 +35,8 @@ class PredictHandler(BaseHTTPRequestHandler):
     """GET / is the page; POST /predict takes a photo's bytes and answers with its faces as JSON."""
 
     server_version = "agerange"
-    predictor: AgePredictor  # these three are set by `make_server` on a subclass
+    predictor: AgePredictor  # these two are set by `make_server` on a subclass
     page: bytes
-    lock: threading.Lock
 
     def send_json(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -81,8 +79,7 @@ class PredictHandler(BaseHTTPRequestHandler):
             return
         name = parse_qs(url.query).get("name", ["photo"])[0][-200:] or "photo"
         try:
-            with self.lock:
-                result = self.predictor.predict_file(body, name=name)
+            result = self.predictor.predict_file(body, name=name)
         except Exception as error:  # keep serving the next photo; the log has the traceback
             log.exception("prediction failed for %s", name)
             self.send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": one_line(f"{name}: {error}")})
@@ -99,8 +96,9 @@ class PredictHandler(BaseHTTPRequestHandler):
 
 def make_server(predictor: AgePredictor, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
     """An HTTP server answering the page and /predict; port 0 picks a free port (see `server_address`)."""
-    # the TFLite interpreter and the face detector keep state between calls: one photo at a time
-    settings = {"predictor": predictor, "page": page_html(), "lock": threading.Lock()}
+    # one thread per request: the predictor decodes and detects in each request's own thread
+    # (a detector per thread) and runs the classifier one batch at a time
+    settings = {"predictor": predictor, "page": page_html()}
     return ThreadingHTTPServer((host, port), type("Handler", (PredictHandler,), settings))
 
 

@@ -30,7 +30,10 @@ def sweep_repo(tmp_path_factory, mini_archive):
     repo = make_repo(tmp_path_factory, mini_archive)
     weights = str(Path(__file__).resolve().parents[2].parent / "shared" / "weights")
     set_params(
-        repo, train={**TINY_TRAIN, "weights_dir": weights}, tune={"space": TINY_SPACE, "pruner": "none"}
+        repo,
+        train={**TINY_TRAIN, "weights_dir": weights},
+        tune={"space": TINY_SPACE, "pruner": "none"},
+        distil={"image_size": 32},  # a student at a smaller input than TINY_TRAIN's, as the default's
     )
     _dvc("repro", *DATA_STAGES, cwd=repo)
     return repo

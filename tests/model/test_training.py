@@ -464,3 +464,36 @@ def test_the_device_settings_turn_on_deterministic_ops_and_fix_the_thread_pools(
     ]  # fmt: skip
     assert answers[0] == ["True", "True", "1"]
     assert answers[1] == ["False", "False", "0"]  # auto on a machine without a GPU: TensorFlow's defaults
+
+
+def test_a_distilled_student_learns_the_teachers_answers_not_only_the_labels(mini_splits, tmp_path):
+    """The teacher's probabilities reach the student's training: a teacher that calls every face
+    'Adolescent' makes a student (teacher weight 1) that mostly answers 'Adolescent', while
+    the same student on the labels alone (teacher weight 0) does not."""
+    from agerange.config import DistilConfig
+    from agerange.distil import student_config, train_student
+
+    data, size = mini_splits
+    teacher = np.zeros((len(data["train"].groups), 10), np.float32)
+    teacher[:, 3] = 1.0
+    config = student_config(_tiny_config(size, head_epochs=4, finetune_epochs=0), DistilConfig(size, 1.0, 5))
+    assert (config.ensemble_members, config.seed, config.image_size) == (1, 5, size)
+    answers = {}
+    for weight in (1.0, 0.0):
+        options = TrainOptions(tmp_path / f"w{weight}")
+        result = train_student(config, TrainData(data["train"], data["val"]), teacher, weight, options)
+        answers[weight] = predict_probabilities(result.model, data["val"].chips, flip=False).argmax(1)
+    assert (answers[1.0] == 3).mean() > 0.8
+    assert (answers[0.0] == 3).mean() < 0.5
+
+
+def test_distillation_targets_blend_teacher_and_labels_and_refuse_another_head():
+    from agerange.distil import blend_targets
+
+    teacher = np.array([[0.0, 1.0], [0.5, 0.5]], np.float32)
+    labels = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    blended = blend_targets(teacher, labels, 0.75)
+    np.testing.assert_allclose(blended, [[0.25, 0.75], [0.625, 0.375]])
+    np.testing.assert_allclose(blended.sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match="train.head must be the teacher's"):
+        blend_targets(np.ones((2, 101), np.float32) / 101, labels, 0.5)

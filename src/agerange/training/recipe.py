@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from agerange.backbones import get_backbone
@@ -36,6 +37,8 @@ class TrainOptions:
     pooled_head: bool = False
     keep_checkpoints: bool = False  # leave checkpoint_dir in place when done (the caller removes it)
     label: str = ""  # names the training in its log lines ("member 1/2")
+    # soft targets per training row instead of the labels' own (a distilled student's, `distil`)
+    targets: np.ndarray | None = None
 
 
 @dataclass
@@ -74,7 +77,9 @@ def train(config: TrainConfig, data: TrainData, options: TrainOptions) -> TrainR
         config.head,
     )
     Path(options.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    targets = training_targets(data.train, config.neighbour_smoothing, config.age_sigma, config.head)
+    targets = options.targets
+    if targets is None:
+        targets = training_targets(data.train, config.neighbour_smoothing, config.age_sigma, config.head)
     records: list[dict] = []
     if get_backbone(config.backbone).weights_file is None:  # nothing pretrained: one phase
         feed = full_network_feed(model, config, data, targets, recut=None)

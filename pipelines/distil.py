@@ -1,0 +1,109 @@
+"""DVC stage `distil`: one fast student network trained on the trained model's probabilities.
+
+The train stage's model (an ensemble of `train.ensemble_members` networks) labels every
+training face with its age distribution (mirror averaged); a single network of the same
+backbone at `distil.image_size` is trained by the same recipe on those soft targets, blended
+with the labels' own (`distil.teacher_weight`). Logged as its own MLflow run, tagged with the
+teacher's run. The package stage measures it beside the trained model and serves it when the
+accuracy rule allows. Resumes an interrupted run from its epoch checkpoints.
+"""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from agerange import tracking
+from agerange.config import ConfigError, fail, load_section, read_resolved, setup_logging
+from agerange.distil import student_config, teacher_probabilities, train_student
+from agerange.faces import chip_recut
+from agerange.files import atomic_path, write_json
+from agerange.model import float32_copy
+from agerange.training import (
+    TrainData,
+    TrainOptions,
+    configure_device,
+    load_split,
+    probe_rows,
+    resolve_augment,
+)
+from agerange.training.report import model_info, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name, text in [("teacher", "the train stage's model folder"), ("splits", "split table"),
+                       ("train", "rebalanced training rows"), ("images", "chips"),
+                       ("config", "the tune stage's resolved training configuration"),
+                       ("out", "output folder: model.keras, model_info.json"), ("metrics", "JSON summary"),
+                       ("checkpoints", "epoch checkpoints, kept until done")]:  # fmt: skip
+        parser.add_argument(f"--{name}", type=Path, required=True, help=text)
+    args = parser.parse_args()
+    setup_logging()
+    try:
+        resolved, settings = read_resolved(args.config), load_section("distil")
+        package = load_section("package")
+    except ConfigError as error:
+        fail(str(error))
+    if not (args.teacher / "model.keras").is_file():
+        fail(f"{args.teacher}: no model.keras (run `dvc repro train` first)")
+    config = student_config(resolved.train, settings)
+    device = configure_device(config.mixed_precision, config.deterministic, config.threads)
+    import keras  # after setup_logging, which quiets TensorFlow's start-up notices
+
+    splits, train_rows = pd.read_parquet(args.splits), pd.read_parquet(args.train)
+    teacher = keras.models.load_model(args.teacher / "model.keras", compile=False)
+    teacher_size = int(json.loads((args.teacher / "model_info.json").read_text())["image_size"])
+    outputs = teacher_probabilities(teacher, load_split(train_rows, args.images, teacher_size).chips)
+    del teacher
+    rows = {"train": train_rows, "val": splits[splits["split"] == "val"],
+            "probe": probe_rows(splits[splits["split"] == "test"], seed=config.seed)}  # fmt: skip
+    size = config.image_size
+    data = TrainData(**{name: load_split(table, args.images, size) for name, table in rows.items()})
+
+    teacher_run = tracking.read_run_reference(args.teacher / "run.json")
+    experiment = tracking.use_store(teacher_run["tracking_uri"])
+    state_file = args.checkpoints / "run.json"
+    previous = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    if previous.get("teacher_run") != teacher_run["run_id"]:  # another teacher: start afresh
+        previous = {}
+        shutil.rmtree(args.checkpoints, ignore_errors=True)
+    name = f"distil-{config.backbone}-{config.image_size}px"
+    with tracking.start_run(experiment, name, previous.get("run_id")):
+        run_id = tracking.active_run_id()
+        args.checkpoints.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps({"run_id": run_id, "teacher_run": teacher_run["run_id"]}))
+        if not previous:
+            tracking.log_params({**vars(settings)}, prefix="distil")
+            tracking.set_tags({"stage": "distil", "teacher_run": teacher_run["run_id"]})
+        options = TrainOptions(
+            checkpoint_dir=args.checkpoints / "epochs", on_epoch=tracking.epoch_hook(),
+            augment=resolve_augment(config.augment, device), jit=bool(device["xla"]),
+            recut=chip_recut(package.detector, package.min_detector_score) if config.realign else None,
+        )  # fmt: skip
+        try:
+            result = train_student(config, data, outputs, settings.teacher_weight, options)
+        except ValueError as error:
+            fail(str(error))
+        info = {**model_info(config, result.boundary), "teacher_run": teacher_run["run_id"]}
+        # saved in float32 whatever the training precision: TFLite has no float16 convolutions
+        model = float32_copy(result.model) if device["mixed_precision"] else result.model
+        with atomic_path(args.out) as folder:
+            folder.mkdir()
+            model.save(folder / "model.keras")
+            write_json(info, folder / "model_info.json")
+        figures = summary(result)
+        write_json({**figures, "run_id": run_id}, args.metrics)
+        tracking.log_metrics(figures)
+    shutil.rmtree(args.checkpoints, ignore_errors=True)
+    print(
+        f"distil: a {config.backbone} student at {config.image_size}px on {len(data.train.groups)} rows "
+        f"(teacher weight {settings.teacher_weight}) in {figures['train_seconds']} s; best validation "
+        f"accuracy {figures['best_val_accuracy']:.3f}; MLflow run {run_id}."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The package stage's variants: an int8 export, the accuracy rule that picks the served one."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agerange.serving import VARIANTS_FASTEST_FIRST, choose_variant
+from tests.conftest import FAIRFACE
+
+
+def _figures(accuracy: float, within_one: float) -> dict[str, float]:
+    return {"accuracy": accuracy, "within_one": within_one}
+
+
+def test_the_rule_serves_the_fastest_variant_within_the_allowed_loss():
+    val = {
+        "model float": _figures(0.600, 0.950),
+        "model int8": _figures(0.597, 0.946),  # loses 0.3 and 0.4 points
+        "student float": _figures(0.596, 0.951),
+        "student int8": _figures(0.590, 0.950),  # loses a point of exact accuracy
+    }
+    assert choose_variant(val, 0.005) == "student float"
+    assert choose_variant(val, 0.02) == "student int8"
+    assert choose_variant(val, 0.0) == "model float"  # nothing matches it exactly
+    assert choose_variant({k: v for k, v in val.items() if k.startswith("model")}, 0.005) == "model int8"
+    # losing within-one accuracy alone is enough to be refused
+    assert choose_variant({**val, "model int8": _figures(0.61, 0.94)}, 0.005) == "student float"
+    assert VARIANTS_FASTEST_FIRST[-1] == "model float"
+
+
+@pytest.mark.slow
+def test_package_exports_int8_variants_measures_each_and_serves_the_chosen_one(tmp_path):
+    """Two small CNNs (model and student, another input size) through the real exports, the
+    real predict path on real photos, and the rule; the int8 file reads uint8 pixels and answers
+    close to its float export."""
+    import json
+
+    import keras
+
+    from agerange.config import load_section
+    from agerange.labels import GROUP_NAMES
+    from agerange.model import build_classifier
+    from agerange.predict import AgePredictor, Classifier
+    from agerange.serving import package_fastest
+    from tests.conftest import PROJECT_ROOT
+
+    keras.utils.set_random_seed(0)
+    models = {}
+    for kind, size in (("model", 40), ("student", 32)):
+        info = {"backbone": "small_cnn", "image_size": size, "class_names": list(GROUP_NAMES)}
+        models[kind] = (build_classifier("small_cnn", size, Path("unused"), dropout=0.1), info)
+    photos = sorted(FAIRFACE.glob("*.jpg"))[:12]
+    groups = np.arange(len(photos)) % 10
+    settings = load_section("package", PROJECT_ROOT / "params.yaml")
+    choice = package_fastest(models, tmp_path / "serving", settings, photos[:8], groups[:8], photos[8:])
+
+    assert set(choice["val"]) == set(VARIANTS_FASTEST_FIRST)
+    assert all(m["n"] == 8 for m in choice["val"].values())
+    assert choice["chosen"] == choose_variant(choice["val"], settings.max_accuracy_loss)
+    served = json.loads((tmp_path / "serving" / "artifacts" / "model_info.json").read_text())
+    assert served["variant"]["chosen"] == choice["chosen"]
+    kind, precision = choice["chosen"].split()
+    assert served["precision"] == precision and served["image_size"] == models[kind][1]["image_size"]
+    assert AgePredictor.from_directory(tmp_path / "serving").predict_file(photos[0]).faces
+
+    # the int8 export of one model against its float export on the same chips
+    from agerange.serving import export_variant
+
+    model, info = models["model"]
+    export_variant(model, info, tmp_path / "f", settings)
+    chips = np.random.default_rng(1).integers(0, 256, (16, 40, 40, 3)).astype(np.uint8)
+    export_variant(model, info, tmp_path / "q", settings, calibration=chips)
+    as_float = Classifier(tmp_path / "f" / "classifier.tflite")
+    as_int8 = Classifier(tmp_path / "q" / "classifier.tflite")
+    assert (as_float.precision, as_int8.precision) == ("float", "int8")
+    assert as_int8.input["dtype"] == np.uint8 and as_int8.input["quantization"] == (1.0, 0)
+    float_probs, _ = as_float(chips, flip=True)
+    int8_probs, _ = as_int8(chips, flip=True)
+    np.testing.assert_allclose(int8_probs.sum(axis=1), 1.0, atol=0.02)
+    assert np.abs(int8_probs - float_probs).max() < 0.05
+    with pytest.raises(ValueError, match="no calibration chips"):
+        export_variant(model, info, tmp_path / "e", settings, calibration=chips[:0])

@@ -115,7 +115,7 @@ def main() -> None:
         f"\n2. Latency per one-face photo ({len(one_face)} photos), JPEG bytes to age range, "
         f"mirror average {settings.flip}"
     )
-    print(f"{'way':<16} {'stage':<9} {'p50 ms':>7} {'p95 ms':>7}   validation accuracy / within one")
+    print(f"{'way':<20} {'stage':<9} {'p50 ms':>7} {'p95 ms':>7}   validation accuracy / within one")
     totals = {}
     ways = {
         "naive model.predict": ("model", None),
@@ -145,7 +145,7 @@ def main() -> None:
         figures = accuracy.get(way)
         known = f"   {figures['accuracy']:.3f} / {figures['within_one']:.3f}" if figures else ""
         for stage, samples in stages.items():
-            print(f"{way:<16} {stage:<9} {percentiles(samples)}{known if stage == 'total' else ''}")
+            print(f"{way:<20} {stage:<9} {percentiles(samples)}{known if stage == 'total' else ''}")
     for way, total in totals.items():
         ratio = totals["naive model.predict"] / total
         mark = "  <- served" if way == served else ""

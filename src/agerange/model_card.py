@@ -66,6 +66,7 @@ def model_card(
             f"| new photos ({new.get('labelled_photos')} labelled real photos, their age ranges) | "
             f"{_percent(new.get('range_accuracy'))} | {_percent(new.get('range_within_one'))} | - | - | - |"
         )
+    lines += _served_variant(info.get("variant"))
     lines += ["", "## Known failure conditions (test split)", ""]
     if conditions is not None and len(conditions):
         worst = conditions.sort_values("drop", ascending=False).head(5)
@@ -80,6 +81,23 @@ def model_card(
         "- make-up, glasses, head coverings and occlusions are not measured separately yet",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _served_variant(choice: dict[str, Any] | None) -> list[str]:
+    """Which packaged variant is served (int8, the distilled student) and every variant's
+    validation figures through the predict path, or nothing for a model packaged without a choice."""
+    if not choice:
+        return []
+    lines = [
+        "", "## Served variant", "",
+        f"Served: **{choice['chosen']}**. Rule: {choice['rule']}. The validation and test rows above "
+        "are the trained model in Keras; the predict-path rows are the served variant.",
+        "", "| variant | validation exact group | within one |", "|---|---|---|",
+    ]  # fmt: skip
+    for name, figures in choice.get("val", {}).items():
+        exact, within_one = _percent(figures.get("accuracy")), _percent(figures.get("within_one"))
+        lines.append(f"| {name} | {exact} | {within_one} |")
+    return lines
 
 
 def _where(row) -> str:

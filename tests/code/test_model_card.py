@@ -29,3 +29,20 @@ def test_the_card_states_use_figures_and_where_the_model_fails():
     failures = card.split("## Known failure conditions")[1]
     assert failures.index("blur between 3 and 40: 41.0% exact") < failures.index("brightness")
     assert "face_size where the detector found no face: 45.0% exact" in failures
+
+
+def test_the_card_names_the_served_variant_and_every_variants_validation_figures():
+    choice = {
+        "chosen": "model int8",
+        "rule": "fastest within 0.5 points",
+        "val": {
+            "model float": {"accuracy": 0.59, "within_one": 0.9487},
+            "model int8": {"accuracy": 0.5889, "within_one": 0.9439},
+        },
+    }
+    info = {"backbone": "mobilenet_v2", "image_size": 160, "variant": choice}
+    card = model_card(info, {}, {}, None)
+    served = card.split("## Served variant")[1]
+    assert "Served: **model int8**. Rule: fastest within 0.5 points." in served
+    assert "| model float | 59.0% | 94.9% |" in served and "| model int8 | 58.9% | 94.4% |" in served
+    assert "## Served variant" not in model_card({"backbone": "mobilenet_v2"}, {}, {}, None)

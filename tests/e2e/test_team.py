@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from agerange.serving import VARIANTS_FASTEST_FIRST, choose_variant
 from tests.conftest import FAIRFACE
 from tests.e2e.conftest import TINY_SPACE, set_params
 from tests.e2e.test_data_pipeline import NEW_PHOTOS, _run
@@ -204,6 +205,13 @@ def test_two_clones_sweep_one_study_register_through_the_server_and_a_colleague_
     new_photos = predict_path["new_photos"]
     assert new_photos["labelled_photos"] == NEW_PHOTOS and new_photos["photos_with_face"] > 0.9 * NEW_PHOTOS
     assert 0 < new_photos["range_accuracy"] <= new_photos["range_within_one"] <= 1
+    # the distil stage's student and the trained model, each in float and int8, measured on
+    # validation; the served one is the rule's choice, and the card says which
+    variant = predict_path["variant"]
+    assert set(variant["val"]) == set(VARIANTS_FASTEST_FIRST)
+    assert variant["chosen"] == choose_variant(variant["val"], 0.005)
+    assert all(figures["n"] == splits["val"]["images"] for figures in variant["val"].values())
+    assert f"Served: **{variant['chosen']}**" in card
 
     import mlflow
 
@@ -227,6 +235,11 @@ def test_two_clones_sweep_one_study_register_through_the_server_and_a_colleague_
     # the surviving worker's sweep run ends with the study's best (the killed one never ended)
     assert ["best.unfreeze_layers" in run.data.params for run in sweep_runs].count(True) == 1
     assert list(mlflow_server["artifacts"].rglob("serving_model")), "artifacts did not go through the server"
+    # the student's own run names its teacher, the training run that carries the served model
+    distil = [run for run in runs if run.data.tags.get("stage") == "distil"]
+    train_run = json.loads((sweep_repo / "data/model/run.json").read_text())["run_id"]
+    assert len(distil) == 1 and distil[0].data.tags["teacher_run"] == train_run
+    assert client.get_run(train_run).data.tags["served_variant"] == variant["chosen"]
 
     # the colleague predicts from the registered champion, through the server
     photo = str(FAIRFACE / "fairface_0002.jpg")

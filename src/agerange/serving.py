@@ -194,7 +194,8 @@ def package_fastest(
     stage's, each a Keras model and its info), measure each through the whole predict path on
     the validation photos, and save the one `choose_variant` picks at `out`.
 
-    Returns the choice: `chosen`, `val` (every variant's figures) and `float_gap` (float
+    Returns the choice: `chosen`, `val` (every variant's figures, and the chosen one's without
+    the mirror-image average when `settings.flip`, for information) and `float_gap` (float
     exports against Keras). The served model's info records the same.
     """
     with tempfile.TemporaryDirectory() as scratch:
@@ -212,6 +213,9 @@ def package_fastest(
             log.info("%s on validation: accuracy %.4f, within one %.4f", name, val[name]["accuracy"],
                      val[name]["within_one"])  # fmt: skip
         chosen = choose_variant(val, settings.max_accuracy_loss)
+        if settings.flip:  # what turning the mirror-image average off would cost the served variant
+            unmirrored = AgePredictor.from_directory(folders[chosen], flip=False)
+            val[f"{chosen} without mirror"] = predict_path_metrics(unmirrored, val_photos, val_groups)
         rule = _rule_text(settings.max_accuracy_loss)
         choice = {"chosen": chosen, "rule": rule, "val": val, "float_gap": gaps}
         info_file = folders[chosen] / INFO_FILE

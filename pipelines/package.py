@@ -63,6 +63,7 @@ def main() -> None:
             [args.images / path for path in val["path"]],
             val["age_group"].to_numpy(np.int64),
             [args.images / path for path in calibration["path"]],
+            args.new_photos,
         )
     except ValueError as error:
         fail(str(error))

@@ -29,6 +29,30 @@ def test_the_rule_serves_the_fastest_variant_within_the_allowed_loss():
     assert VARIANTS_FASTEST_FIRST[-1] == "model float"
 
 
+def test_the_rule_also_holds_each_variant_to_the_labelled_new_photos_when_they_were_measured():
+    """An int8 model can hold up on validation chips and fall on real photos: with the new
+    photos' figures present, losing more than the allowance there refuses it too."""
+    val = {
+        "model float": {
+            **_figures(0.590, 0.949),
+            "new_photos_range_accuracy": 0.456,
+            "new_photos_range_within_one": 0.819,
+        },
+        "model int8": {
+            **_figures(0.589, 0.944),
+            "new_photos_range_accuracy": 0.400,
+            "new_photos_range_within_one": 0.793,
+        },
+    }
+    assert choose_variant(val, 0.005) == "model float"
+    assert choose_variant(val, 0.06) == "model int8"
+    # without new-photo figures for the reference, only validation counts
+    plain = {name: _figures(f["accuracy"], f["within_one"]) for name, f in val.items()}
+    assert choose_variant(plain, 0.005) == "model int8"
+    # a variant missing a figure the reference has is not taken
+    assert choose_variant({**val, "model int8": _figures(0.6, 0.96)}, 0.06) == "model float"
+
+
 @pytest.mark.slow
 def test_package_exports_int8_variants_measures_each_and_serves_the_chosen_one(tmp_path):
     """Two small CNNs (model and student, another input size) through the real exports, the

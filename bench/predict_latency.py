@@ -10,6 +10,10 @@ Three tables:
   3. throughput - face chips at each variant's input size, classified in batches with the
                   default predict settings (the mirror-image average when package.flip) and
                   without the mirror; target >= 1,400 chips/s
+  4. a folder   - every photo of --photos through the served-like predictor (the trained model
+                  in float): one at a time (1 thread, batches of 1 photo) vs the pipelined
+                  stream that `agerange predict` uses (decode and detect in threads while the
+                  faces of the previous batch are classified together)
 
 The variants are exported here from data/model and data/student by the package stage's own
 functions (float, and int8 calibrated on the same training photos), so the bench needs only
@@ -175,6 +179,24 @@ def main() -> None:
         keras_models["model"].predict(chip[None], verbose=0)
     naive_rate = len(naive) / (time.perf_counter() - start)
     print(f"{'naive model.predict':<22} {size:>5} {'':>16} {naive_rate:>14.0f}")
+    # 4. a folder of photos, one at a time vs the pipelined stream of `agerange predict`
+    print(f"\n4. A folder: {len(photos)} photos from JPEG files to answers (model float), two rounds")
+    print(f"{'way':<34} {'photos/s':>9}")
+    streamed = predictors["model float"]
+    list(streamed.stream(photos[:16], 8, 2))  # warm-up: the threads' detectors
+    folder_rates: dict[str, list[float]] = {}
+    for _ in range(2):
+        for label, batch, workers in (("one at a time", 1, 1), ("stream, 2 threads, batches of 32", 32, 2)):
+            start = time.perf_counter()
+            count = sum(1 for _ in streamed.stream(photos, batch, workers))
+            folder_rates.setdefault(label, []).append(count / (time.perf_counter() - start))
+    for label, measured in folder_rates.items():
+        print(f"{label:<34} {' / '.join(f'{rate:.1f}' for rate in measured):>9}")
+    ratio = np.median(folder_rates["stream, 2 threads, batches of 32"]) / np.median(
+        folder_rates["one at a time"]
+    )
+    print(f"stream {ratio:.2f}x one at a time\n")
+
     for way, rate in rates.items():
         mark = "  <- served" if way == served else ""
         print(

@@ -18,17 +18,9 @@ import pandas as pd
 from agerange import tracking
 from agerange.config import ConfigError, fail, load_section, read_resolved, setup_logging
 from agerange.distil import student_config, teacher_probabilities, train_student
-from agerange.faces import chip_recut
 from agerange.files import atomic_path, write_json
 from agerange.model import float32_copy
-from agerange.training import (
-    TrainData,
-    TrainOptions,
-    configure_device,
-    load_split,
-    probe_rows,
-    resolve_augment,
-)
+from agerange.training import configure_device, load_split, stage_data, stage_options
 from agerange.training.report import model_info, summary
 
 
@@ -58,10 +50,7 @@ def main() -> None:
     teacher_size = int(json.loads((args.teacher / "model_info.json").read_text())["image_size"])
     outputs = teacher_probabilities(teacher, load_split(train_rows, args.images, teacher_size).chips)
     del teacher
-    rows = {"train": train_rows, "val": splits[splits["split"] == "val"],
-            "probe": probe_rows(splits[splits["split"] == "test"], seed=config.seed)}  # fmt: skip
-    size = config.image_size
-    data = TrainData(**{name: load_split(table, args.images, size) for name, table in rows.items()})
+    data = stage_data(splits, train_rows, args.images, config.image_size, config.seed)
 
     teacher_run = tracking.read_run_reference(args.teacher / "run.json")
     experiment = tracking.use_store(teacher_run["tracking_uri"])
@@ -78,11 +67,7 @@ def main() -> None:
         if not previous:
             tracking.log_params({**vars(settings)}, prefix="distil")
             tracking.set_tags({"stage": "distil", "teacher_run": teacher_run["run_id"]})
-        options = TrainOptions(
-            checkpoint_dir=args.checkpoints / "epochs", on_epoch=tracking.epoch_hook(),
-            augment=resolve_augment(config.augment, device), jit=bool(device["xla"]),
-            recut=chip_recut(package.detector, package.min_detector_score) if config.realign else None,
-        )  # fmt: skip
+        options = stage_options(config, device, package, args.checkpoints / "epochs", tracking.epoch_hook())
         try:
             result = train_student(config, data, outputs, settings.teacher_weight, options)
         except ValueError as error:

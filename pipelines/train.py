@@ -19,18 +19,9 @@ import pandas as pd
 from agerange import provenance, tracking
 from agerange.config import ConfigError, fail, load_section, read_resolved, setup_logging
 from agerange.evaluate import plot_curves
-from agerange.faces import chip_recut
 from agerange.files import atomic_path, write_csv, write_json
 from agerange.model import float32_copy
-from agerange.training import (
-    TrainData,
-    TrainOptions,
-    configure_device,
-    load_split,
-    probe_rows,
-    resolve_augment,
-    train_members,
-)
+from agerange.training import TrainData, configure_device, stage_data, stage_options, train_members
 from agerange.training.report import model_info, summary
 
 
@@ -55,11 +46,7 @@ def main() -> None:
     device = configure_device(config.mixed_precision, config.deterministic, config.threads)
     data = _decode(args, config)
     with _training_run(args, resolved, device, data) as run_id:
-        options = TrainOptions(
-            checkpoint_dir=args.checkpoints / "epochs", on_epoch=tracking.epoch_hook(),
-            augment=resolve_augment(config.augment, device), jit=bool(device["xla"]),
-            recut=chip_recut(package.detector, package.min_detector_score) if config.realign else None,
-        )  # fmt: skip
+        options = stage_options(config, device, package, args.checkpoints / "epochs", tracking.epoch_hook())
         try:
             result = train_members(config, data, options)
         except ValueError as error:  # bad settings or weights: one line, nothing written
@@ -76,12 +63,8 @@ def main() -> None:
 
 
 def _decode(args: argparse.Namespace, config) -> TrainData:
-    splits = pd.read_parquet(args.splits)
-    rows = {"train": pd.read_parquet(args.train), "val": splits[splits["split"] == "val"],
-            "probe": probe_rows(splits[splits["split"] == "test"], seed=config.seed)}  # fmt: skip
-    return TrainData(
-        **{name: load_split(table, args.images, config.image_size) for name, table in rows.items()}
-    )
+    splits, train_rows = pd.read_parquet(args.splits), pd.read_parquet(args.train)
+    return stage_data(splits, train_rows, args.images, config.image_size, config.seed)
 
 
 @contextmanager

@@ -7,11 +7,11 @@ average the fine-tuning epochs that help (`soup`). `ensemble.train_members` repe
 seeds. Every phase checkpoints each epoch and resumes where an interrupted run stopped.
 """
 
-from agerange.training.data import SplitData, TrainData, load_split, probe_rows
+from agerange.training.data import SplitData, TrainData, load_split, probe_rows, stage_data
 from agerange.training.device import configure_device, resolve_augment
 from agerange.training.ensemble import train_members
 from agerange.training.feature_cache import FeatureCache
-from agerange.training.recipe import TrainOptions, TrainResult, train
+from agerange.training.recipe import TrainOptions, TrainResult, stage_options, train
 
 __all__ = [
     "FeatureCache",
@@ -23,6 +23,8 @@ __all__ = [
     "load_split",
     "probe_rows",
     "resolve_augment",
+    "stage_data",
+    "stage_options",
     "train",
     "train_members",
 ]

@@ -43,6 +43,16 @@ def load_split(table: pd.DataFrame, images_dir: Path, image_size: int, workers: 
     )
 
 
+def stage_data(
+    splits: pd.DataFrame, train_rows: pd.DataFrame, images_dir: Path, image_size: int, seed: int
+) -> TrainData:
+    """What a training stage reads: its training rows, the validation split, and the probe rows of
+    the test split (`probe_rows` with `seed`), decoded at `image_size`."""
+    rows = {"train": train_rows, "val": splits[splits["split"] == "val"],
+            "probe": probe_rows(splits[splits["split"] == "test"], seed=seed)}  # fmt: skip
+    return TrainData(**{name: load_split(table, images_dir, image_size) for name, table in rows.items()})
+
+
 def probe_rows(table: pd.DataFrame, size: int = 100, seed: int = 0) -> pd.DataFrame:
     """A fixed sample of rows, the same for every run with the same data and seed."""
     return table.sort_values("path").sample(n=min(size, len(table)), random_state=seed)

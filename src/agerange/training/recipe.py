@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 
 from agerange.backbones import get_backbone
-from agerange.config import TrainConfig
+from agerange.config import PackageConfig, TrainConfig
+from agerange.faces import chip_recut
 from agerange.model import boundary_layer, build_classifier, first_trainable_index, unfreeze
 from agerange.training.data import TrainData, training_targets
+from agerange.training.device import resolve_augment
 from agerange.training.feature_cache import FeatureCache, Recut
 from agerange.training.feeds import cached_feed, full_network_feed, pooled_head_feed
 from agerange.training.phases import EpochHook, fine_tune, train_from_scratch, train_head
@@ -39,6 +41,23 @@ class TrainOptions:
     label: str = ""  # names the training in its log lines ("member 1/2")
     # soft targets per training row instead of the labels' own (a distilled student's, `distil`)
     targets: np.ndarray | None = None
+
+
+def stage_options(
+    config: TrainConfig,
+    device: dict[str, object],
+    package: PackageConfig,
+    checkpoint_dir: Path,
+    on_epoch: EpochHook,
+) -> TrainOptions:
+    """How a stage's training runs on this device (`configure_device`'s answer): augmented online
+    on a GPU with XLA or from the cache on a CPU (`train.augment`), and with `train.realign` on
+    chips also re-cut by predict's detector (`package.detector`)."""
+    recut = chip_recut(package.detector, package.min_detector_score) if config.realign else None
+    return TrainOptions(
+        checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, augment=resolve_augment(config.augment, device),
+        jit=bool(device["xla"]), recut=recut,
+    )  # fmt: skip
 
 
 @dataclass

@@ -61,7 +61,7 @@ def main() -> None:
     from agerange.faces import CHIP_SIZE, FaceDetector, align_face, select_faces
     from agerange.predict import AgePredictor, find_photos
     from agerange.preprocess import chip_pixels, read_image
-    from agerange.serving import calibration_chips, export_variant
+    from agerange.serving import calibration_sample, export_variants
 
     settings = load_section("package")
     photos, _ = find_photos([args.photos])
@@ -70,25 +70,16 @@ def main() -> None:
     accuracy = report.get("variant", {}).get("val", {})
     served = report.get("variant", {}).get("chosen", "")
 
-    # the variants, exported by the package stage's functions
+    # the variants, exported by the package stage's own function
     scratch = Path(tempfile.mkdtemp(prefix="agerange-bench-"))
-    splits = pd.read_parquet(args.splits)
-    train = splits[splits["split"] == "train"]
-    calibration = [
-        args.chips / p
-        for p in train.sample(n=min(settings.calibration_photos, len(train)), random_state=0)["path"]
-    ]
-    keras_models, predictors = {}, {}
+    calibration = calibration_sample(pd.read_parquet(args.splits), args.chips, settings.calibration_photos)
+    keras_models, models = {}, {}
     for kind, folder in (("model", args.model), ("student", args.student)):
-        if not (folder / "model.keras").is_file():
-            continue
-        keras_models[kind] = keras.models.load_model(folder / "model.keras", compile=False)
-        info = json.loads((folder / "model_info.json").read_text())
-        export_variant(keras_models[kind], info, scratch / f"{kind}_float", settings)
-        chips = calibration_chips(scratch / f"{kind}_float", calibration)
-        export_variant(keras_models[kind], info, scratch / f"{kind}_int8", settings, chips)
-        for precision in ("float", "int8"):
-            predictors[f"{kind} {precision}"] = AgePredictor.from_directory(scratch / f"{kind}_{precision}")
+        if (folder / "model.keras").is_file():
+            keras_models[kind] = keras.models.load_model(folder / "model.keras", compile=False)
+            models[kind] = (keras_models[kind], json.loads((folder / "model_info.json").read_text()))
+    folders, _ = export_variants(models, scratch, settings, calibration)
+    predictors = {name: AgePredictor.from_directory(folder) for name, folder in folders.items()}
     first = next(iter(predictors.values()))
 
     # 1. detectors on the same photos

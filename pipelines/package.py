@@ -20,7 +20,7 @@ import pandas as pd
 from agerange import tracking
 from agerange.config import ConfigError, fail, load_section, setup_logging
 from agerange.files import write_json
-from agerange.serving import package_fastest, predict_path_report
+from agerange.serving import calibration_sample, package_fastest, predict_path_report
 
 
 def main() -> None:
@@ -53,8 +53,6 @@ def main() -> None:
 
     splits = pd.read_parquet(args.splits)
     val = splits[splits["split"] == "val"]
-    train = splits[splits["split"] == "train"]
-    calibration = train.sample(n=min(settings.calibration_photos, len(train)), random_state=0)
     try:
         choice = package_fastest(
             models,
@@ -62,7 +60,7 @@ def main() -> None:
             settings,
             [args.images / path for path in val["path"]],
             val["age_group"].to_numpy(np.int64),
-            [args.images / path for path in calibration["path"]],
+            calibration_sample(splits, args.images, settings.calibration_photos),
             args.new_photos,
         )
     except ValueError as error:

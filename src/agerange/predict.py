@@ -320,26 +320,29 @@ class AgePredictor:
     ) -> list[PhotoPrediction]:
         """Predictions for several photos: decoded and detected in `workers` threads, their faces
         classified in one batch."""
-        labels = list(names) if names is not None else [str(source) for source in sources]
-        if workers <= 1 or len(sources) <= 1:
-            prepared = [self.prepare(source, label) for source, label in zip(sources, labels, strict=True)]
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                prepared = list(pool.map(self.prepare, sources, labels))
-        return [result for result, _ in self.classify(prepared)]
+        return [result for _, result in self.stream(sources, max(1, len(sources)), workers, names)]
 
     def stream(
-        self, photos: Sequence[Path], batch_photos: int = 32, workers: int = 2
+        self,
+        photos: Sequence[Path | bytes],
+        batch_photos: int = 32,
+        workers: int = 2,
+        names: Sequence[str] | None = None,
     ) -> Iterator[tuple[PreparedPhoto, PhotoPrediction]]:
         """Predictions photo by photo, in order, for a long list: the next `batch_photos` are
-        decoded and detected in `workers` threads while the current batch is classified."""
-        batches = [photos[start : start + batch_photos] for start in range(0, len(photos), batch_photos)]
+        decoded and detected in `workers` threads while the current batch is classified.
+        `names` label the photos (default: their paths)."""
+        labels = list(names) if names is not None else [None] * len(photos)
+        batches = [
+            list(zip(photos[start : start + batch_photos], labels[start : start + batch_photos], strict=True))
+            for start in range(0, len(photos), batch_photos)
+        ]
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            pending = [pool.submit(self.prepare, photo) for photo in batches[0]] if batches else []
+            pending = [pool.submit(self.prepare, *photo) for photo in batches[0]] if batches else []
             for index in range(len(batches)):
                 prepared = [future.result() for future in pending]
                 following = batches[index + 1] if index + 1 < len(batches) else []
-                pending = [pool.submit(self.prepare, photo) for photo in following]
+                pending = [pool.submit(self.prepare, *photo) for photo in following]
                 for photo, (result, _) in zip(prepared, self.classify(prepared), strict=True):
                     yield photo, result
 

@@ -157,6 +157,34 @@ def package(model, info: dict[str, Any], out: Path, settings: PackageConfig) -> 
     return gap
 
 
+def export_variants(
+    models: dict[str, tuple[Any, dict[str, Any]]],
+    scratch: Path,
+    settings: PackageConfig,
+    calibration_photos: list[Path],
+) -> tuple[dict[str, Path], dict[str, float]]:
+    """Each of `models` ("model", "student": a Keras model and its info) exported in float32 and
+    in int8 (calibrated on `calibration_photos`' face chips) into folders under `scratch`.
+
+    Returns the folders by variant name ("model float", "model int8", ...) and each model's
+    float export's largest difference from Keras."""
+    folders, gaps = {}, {}
+    for kind, (model, info) in models.items():
+        folders[f"{kind} float"] = scratch / f"{kind}_float"
+        gaps[kind] = export_variant(model, info, folders[f"{kind} float"], settings)
+        calibration = calibration_chips(folders[f"{kind} float"], calibration_photos)
+        folders[f"{kind} int8"] = scratch / f"{kind}_int8"
+        export_variant(model, info, folders[f"{kind} int8"], settings, calibration)
+    return folders, gaps
+
+
+def calibration_sample(splits: pd.DataFrame, images: Path, count: int) -> list[Path]:
+    """The training photos whose face chips calibrate the int8 exports: `count` of them, the
+    same ones for every run on the same split."""
+    train = splits[splits["split"] == "train"]
+    return [images / path for path in train.sample(n=min(count, len(train)), random_state=0)["path"]]
+
+
 def calibration_chips(folder: Path, photos: list[Path]) -> np.ndarray:
     """Face chips as predict makes them (detected, aligned, at the model's input size) from
     `photos`, the largest face of each: the int8 export's calibration data."""
@@ -221,14 +249,7 @@ def package_fastest(
     exports against Keras). The served model's info records the same.
     """
     with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        folders, gaps = {}, {}
-        for kind, (model, info) in models.items():
-            folders[f"{kind} float"] = scratch / f"{kind}_float"
-            gaps[kind] = export_variant(model, info, folders[f"{kind} float"], settings)
-            calibration = calibration_chips(folders[f"{kind} float"], calibration_photos)
-            folders[f"{kind} int8"] = scratch / f"{kind}_int8"
-            export_variant(model, info, folders[f"{kind} int8"], settings, calibration)
+        folders, gaps = export_variants(models, Path(scratch), settings, calibration_photos)
         val = {}
         for name, folder in folders.items():
             val[name] = measure_variant(folder, val_photos, val_groups, new_photos)

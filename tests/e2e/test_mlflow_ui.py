@@ -1,7 +1,6 @@
 """The MLflow UI as users browse it: the README's command, a real store, headless Chromium."""
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agerange import tracking
+from bench.serving_load import free_port
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -19,12 +19,6 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--virtual-time-budget=20000", "--window-size=1400,1000",
 ]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,7 @@ def store_with_run(tmp_path_factory: pytest.TempPathFactory):
 def ui(store_with_run):
     """`mlflow ui` on 127.0.0.1, exactly as the README starts it, on a free port."""
     root, _, _ = store_with_run
-    port = _free_port()
+    port = free_port()
     command = [
         str(Path(sys.executable).parent / "mlflow"), "ui",
         "--backend-store-uri", "sqlite:///mlruns/mlflow.db", "--host", "127.0.0.1", "--port", str(port),

@@ -21,10 +21,11 @@ import optuna
 import pytest
 
 from agerange.serving import VARIANTS_FASTEST_FIRST, choose_variant
+from bench.serving_load import free_port
 from tests.conftest import FAIRFACE
 from tests.e2e.conftest import TINY_SPACE, set_params
 from tests.e2e.test_data_pipeline import NEW_PHOTOS, _run
-from tests.e2e.test_mlflow_ui import CHROMIUM, _free_port
+from tests.e2e.test_mlflow_ui import CHROMIUM
 
 pytestmark = pytest.mark.slow
 ROLE = "agerange"
@@ -45,7 +46,7 @@ def postgres(tmp_path_factory):
     bin_dir = Path(found[-1]).parent
     # short and outside pytest's tree: PostgreSQL's socket path has a length limit
     folder = Path(tempfile.mkdtemp(prefix="agerange-pg-", dir="/tmp"))
-    data, socket_dir, port = folder / "data", folder / "socket", _free_port()
+    data, socket_dir, port = folder / "data", folder / "socket", free_port()
     socket_dir.mkdir()
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres")
@@ -92,7 +93,7 @@ def mlflow_server(postgres, tmp_path_factory):
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
-    port = _free_port()
+    port = free_port()
     command = [
         str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "basic-auth",
         "--backend-store-uri", f"{database}/mlflow", "--artifacts-destination", str(root / "artifacts"),

@@ -4,7 +4,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,11 @@ from pathlib import Path
 import pytest
 
 from agerange.inference import group_name
+from bench.serving_load import free_port
 from tests.conftest import FAIRFACE
 
 GROUP_LABELS = {group_name(index) for index in range(10)}
 START_TIMEOUT_S = 90  # TensorFlow and the detector load in the worker before /ping answers
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until_ready(server: subprocess.Popen, url: str, log: Path) -> None:

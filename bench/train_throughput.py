@@ -49,7 +49,7 @@ def main() -> None:
     )
     from agerange.preprocess import chip_pixels
     from agerange.training.data import load_split, make_dataset, soft_labels
-    from agerange.training.feature_cache import compute_features
+    from agerange.training.feature_cache import compute_features, frozen_forward
 
     table = pd.read_parquet(args.metadata).sample(n=args.n, random_state=0).reset_index(drop=True)
     paths = [args.images / p for p in table["path"]]
@@ -97,7 +97,7 @@ def main() -> None:
     cut = boundary_layer(model, first_trainable_index(model))
     bottom, top = split_at_boundary(model, cut)
     started = time.perf_counter()
-    features = compute_features(bottom, data.chips, args.batch)
+    features = compute_features(frozen_forward(bottom), data.chips, args.batch)
     cache_seconds = time.perf_counter() - started
     top.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy")
     dataset = make_dataset(features, data.groups, data.weights, args.batch, True, 0)

@@ -40,11 +40,18 @@ def degraded_variant(kind: str) -> tuple[int, float] | None:
 Recut = Callable[[np.ndarray], tuple[np.ndarray, int]]
 
 
-def compute_features(bottom, chips: np.ndarray, batch_size: int, mirror: bool = False) -> np.ndarray:
-    """Run the frozen part once over all chips; stored as float16 to halve memory."""
+def frozen_forward(bottom):
+    """The frozen part as one traced function for batches of any size: traced once, not per call
+    and per odd-sized last batch (each trace costs seconds; a training gathers many kinds)."""
     import tensorflow as tf
 
-    forward = tf.function(lambda x: bottom(x, training=False), reduce_retracing=True)
+    spec = tf.TensorSpec([None, *bottom.input.shape[1:]], tf.float32)
+    return tf.function(lambda x: bottom(x, training=False), input_signature=[spec])
+
+
+def compute_features(forward, chips: np.ndarray, batch_size: int, mirror: bool = False) -> np.ndarray:
+    """Run the frozen part (`frozen_forward`'s function) once over all chips; stored as float16
+    to halve memory."""
     outputs = []
     for start in range(0, len(chips), batch_size):
         batch = chips[start : start + batch_size].astype(np.float32)
@@ -80,13 +87,14 @@ class FeatureCache:
         """
         store = self._stores.setdefault(key, {"row": {}})
         kinds = train_kinds(recut is not None, variants, strength)
+        forward = frozen_forward(bottom)
         features = {
             "kinds": kinds,
-            "train": [self._gather(store, bottom, data.train, batch_size, kind, recut) for kind in kinds],
-            "val": self._gather(store, bottom, data.val, batch_size, "plain", recut),
+            "train": [self._gather(store, forward, data.train, batch_size, kind, recut) for kind in kinds],
+            "val": self._gather(store, forward, data.val, batch_size, "plain", recut),
         }
         if data.probe is not None:
-            features["probe"] = self._gather(store, bottom, data.probe, batch_size, "plain", recut)
+            features["probe"] = self._gather(store, forward, data.probe, batch_size, "plain", recut)
         return features
 
     def pooled_features(self, model, boundary: str, key: tuple, features: dict, data) -> dict[str, object]:
@@ -132,7 +140,7 @@ class FeatureCache:
         return np.stack([done[path] for path in paths])
 
     def _gather(
-        self, store: dict, bottom, split: SplitData, batch_size: int, kind: str, recut: Recut | None
+        self, store: dict, forward, split: SplitData, batch_size: int, kind: str, recut: Recut | None
     ) -> np.ndarray:
         """Features of a split's rows, computing only the images (of this kind) not seen before."""
         rows = store["row"]
@@ -148,7 +156,7 @@ class FeatureCache:
                 chips = self._recut(store, missing, chips, recut)
             elif (variant := degraded_variant(kind)) is not None:
                 chips = degraded(chips, missing, *variant)
-            computed = compute_features(bottom, chips, batch_size, mirror=kind.endswith("mirror"))
+            computed = compute_features(forward, chips, batch_size, mirror=kind.endswith("mirror"))
             offset = sum(len(block) for block in blocks)
             blocks.append(computed)
             for position, path in enumerate(missing):

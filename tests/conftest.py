@@ -20,6 +20,28 @@ def _forget_mlflow_store() -> None:
         os.environ.pop(name, None)
 
 
+# The longest files (minutes each on 2 cores), in the order the two test processes should start
+# them: each process takes whole files, the next one as it finishes one, so the short files
+# fill in at the end instead of a long one running alone.
+LONGEST_FILES_FIRST = (
+    "tests/e2e/test_team.py",
+    "tests/model/test_training.py",
+    "tests/e2e/test_sweep.py",
+    "tests/e2e/test_data_pipeline.py",
+    "tests/e2e/test_mlflow_ui.py",
+    "tests/model/test_behaviour.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    missing = [path for path in LONGEST_FILES_FIRST if not (PROJECT_ROOT / path).is_file()]
+    if missing:  # a renamed file would silently lose its place
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FILES_FIRST: no such file {', '.join(missing)}")
+    rank = {path: position for position, path in enumerate(LONGEST_FILES_FIRST)}
+    # a stable sort: every other file keeps its place, and every file its tests' order
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_mlflow_store_from_the_shell():
     """Tests log to stores of their own: never to a server the developer's shell points at."""

@@ -68,6 +68,10 @@ def make_repo(tmp_path_factory: pytest.TempPathFactory, mini_archive: Path) -> P
     params["drift"]["new_photos"] = str(fairface_sample(root.parent / "fairface"))
     # and the pretrained weights (the label check reads them already in the data stages)
     params["train"]["weights_dir"] = str(PROJECT_ROOT.parent / "shared" / "weights")
+    # small inputs for the label check's features and few photos to calibrate int8 exports:
+    # the same code, a fraction of the time (the mini set's training split has about 420 photos)
+    params["label_check"]["image_size"] = 48
+    params["package"]["calibration_photos"] = 40
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], cwd=root)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], cwd=root)

@@ -1,11 +1,14 @@
 """The team set-up end to end (issue 16), as the README's "Working as a team" section runs it:
 PostgreSQL (password login on 127.0.0.1) holds the Optuna study and MLflow's store, `mlflow server`
 with its basic-auth app serves runs, the registry and artifacts, and two working copies that share
-no folder sweep together, register a champion and predict from it."""
+no folder sweep together; the first copy's nightly registers the study's best as champion
+through the server and records what built it (a commit and the DVC remote); a clone of that
+record pulls everything and rebuilds nothing, and a colleague predicts from the champion."""
 
 import glob
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -130,7 +133,7 @@ def _team_environment(postgres, mlflow_server) -> dict[str, str]:
     }
 
 
-def test_two_clones_sweep_one_study_register_through_the_server_and_a_colleague_predicts(
+def test_two_clones_sweep_one_study_the_nightly_registers_and_records_it_and_a_colleague_predicts(
     sweep_repo, postgres, mlflow_server, tmp_path_factory, monkeypatch
 ):
     # a colleague's working copy, sharing no folder with the first (its own data, cache and runs)
@@ -175,31 +178,34 @@ def test_two_clones_sweep_one_study_register_through_the_server_and_a_colleague_
     for number, params in finished_before.items():
         assert study.trials[number].params == params and study.trials[number] in finished
 
-    # ... then the first copy's pipeline trains the study's best and registers it through the server
-    result = _run([sys.executable, "-m", "dvc", "repro", "register"], cwd=sweep_repo, env=team)
-    assert "tune: study 'agerange' has 5 finished trials" in result.stdout
-    best = json.loads((sweep_repo / "data/reports/tune/best.json").read_text())
+    # ... then the first copy's nightly (no trials of its own) trains the study's best, registers it
+    # through the server, records what built it and leaves the working copy as it found it
+    nightly = _nightly_records_what_it_registers(sweep_repo, team)
+    record = _clone_of_the_record(sweep_repo, team)  # what a colleague's `git pull` + `dvc pull` get
+    log = nightly["log"]
+    assert "tune: study 'agerange' has 5 finished trials" in log
+    best = json.loads((record / "data/reports/tune/best.json").read_text())
     assert best["trials"] == 5 and set(best["params"]) == set(TINY_SPACE)
     # the resolved configuration that rebalance and train read is params.yaml's with the best applied
-    resolved = json.loads((sweep_repo / "data/training.json").read_text())
-    assert resolved["tuned"] == best["params"] and "using the tuned params" in result.stderr
+    resolved = json.loads((record / "data/training.json").read_text())
+    assert resolved["tuned"] == best["params"] and "using the tuned params" in log
     assert resolved["train"]["dropout"] == best["params"]["dropout"]
     assert resolved["rebalance"]["strategy"] == best["params"]["rebalance_strategy"]
     # the study, copied from PostgreSQL into the file DVC versions with that configuration
-    kept = optuna.load_study(study_name="agerange", storage="sqlite:///" + str(sweep_repo / "data/optuna.db"))
+    kept = optuna.load_study(study_name="agerange", storage="sqlite:///" + str(record / "data/optuna.db"))
     assert kept.best_params == study.best_params
     # ended trials (complete or pruned) leave no checkpoints or weight-soup snapshots behind
     left = [
         path.name for repo in (sweep_repo, colleague) for path in repo.glob("data/checkpoints/worker/trial_*")
     ]
     assert left in ([], [f"trial_{killed}"])  # only the killed worker's, which it could not remove
-    registration = json.loads((sweep_repo / "data/reports/registration.json").read_text())
+    registration = json.loads((record / "data/reports/registration.json").read_text())
     assert registration["alias"] == "champion" and registration["version"] == 1
-    card = (sweep_repo / "data/reports/model_card.md").read_text()
+    card = (record / "data/reports/model_card.md").read_text()
     assert "## Intended use" in card and "## Known failure conditions" in card and "new photos" in card
     # the packaged model, measured through the whole predict path on every val and test chip
-    predict_path = json.loads((sweep_repo / "data/reports/predict_path.json").read_text())
-    splits = json.loads((sweep_repo / "data/reports/split.json").read_text())
+    predict_path = json.loads((record / "data/reports/predict_path.json").read_text())
+    splits = json.loads((record / "data/reports/split.json").read_text())
     assert predict_path["test"]["n"] == splits["test"]["images"]
     assert predict_path["test"]["faces_found"] > 0.95 and 0 <= predict_path["test"]["accuracy"] <= 1
     # and on the labelled real photos (the shared FairFace set), at their age ranges
@@ -238,7 +244,7 @@ def test_two_clones_sweep_one_study_register_through_the_server_and_a_colleague_
     assert list(mlflow_server["artifacts"].rglob("serving_model")), "artifacts did not go through the server"
     # the student's own run names its teacher, the training run that carries the served model
     distil = [run for run in runs if run.data.tags.get("stage") == "distil"]
-    train_run = json.loads((sweep_repo / "data/model/run.json").read_text())["run_id"]
+    train_run = json.loads((record / "data/model/run.json").read_text())["run_id"]
     assert len(distil) == 1 and distil[0].data.tags["teacher_run"] == train_run
     assert client.get_run(train_run).data.tags["served_variant"] == variant["chosen"]
 
@@ -264,16 +270,84 @@ def test_two_clones_sweep_one_study_register_through_the_server_and_a_colleague_
         mlflow_server["log"].read_text(),
         postgres["log"].read_text(),
         *outputs,
-        result.stdout,
-        result.stderr,
+        nightly["stdout"],
+        log,
     ]
     assert not [text[:200] for text in texts if any(secret in text for secret in secrets_)]
-    folders = [sweep_repo, colleague, mlflow_server["artifacts"]]
+    folders = [sweep_repo, colleague, record, mlflow_server["artifacts"], nightly["remote"]]
     leaked = [
         str(path) for folder in folders for path in folder.rglob("*")
         if path.is_file() and any(s.encode() in path.read_bytes() for s in secrets_)
     ]  # fmt: skip
     assert not leaked
+
+
+def _nightly_records_what_it_registers(repo: Path, team: dict[str, str]) -> dict[str, object]:
+    """`pipelines/nightly.py` (no trials of its own) in `repo`, with an uncommitted change a user
+    might leave: the version it registers names a clean commit on a branch of its own holding the
+    dvc.lock and params that built it, the lock's outputs are on the DVC remote, and the working
+    copy is as the nightly found it. Returns its output, its log and the remote's folder."""
+    import mlflow
+    import yaml
+
+    set_params(repo, train={"seed": 43}, drift={"reference_size": 200, "control_size": 60})
+    status_before = _run(["git", "status", "--porcelain"], cwd=repo).stdout
+    lock_before = (repo / "dvc.lock").read_bytes()
+    nightly = [sys.executable, "pipelines/nightly.py", "--trials", "0", "--timeout-minutes", "5"]
+    result = _run(nightly, cwd=repo, env=team)
+    assert "recorded as" in result.stdout and "nightly: done" in result.stdout
+    log = next((repo / "data/logs").glob("nightly-*.log")).read_text()
+    assert "Running stage 'train'" in log and "Running stage 'drift'" in log and "dvc push" in log
+
+    server = team["MLFLOW_TRACKING_URI"]
+    client = mlflow.MlflowClient(tracking_uri=server, registry_uri=server)
+    newest = max(client.search_model_versions("name='agerange'"), key=lambda v: int(v.version))
+    commit, branch = newest.tags["git_commit"], newest.tags["record_branch"]
+    assert _run(["git", "rev-parse", branch], cwd=repo).stdout.strip() == commit
+    assert newest.tags["trained_from_commit"].endswith("-dirty")  # what the record replaces
+    # the commit holds the params it was trained with and the lock whose register stage made it
+    params = yaml.safe_load(_run(["git", "show", f"{commit}:params.yaml"], cwd=repo).stdout)
+    assert params["train"]["seed"] == 43 and "@127.0.0.1" in params["tune"]["storage"]
+    lock = yaml.safe_load(_run(["git", "show", f"{commit}:dvc.lock"], cwd=repo).stdout)
+    model = next(out for out in lock["stages"]["train"]["outs"] if out["path"] == "data/model")
+    remote = repo.parent / "agerange-dvc-storage"  # .dvc/config's relative default remote
+    for cache in (repo / ".dvc/cache", remote):  # local, pushed
+        files = json.loads((cache / "files/md5" / model["md5"][:2] / model["md5"][2:]).read_text())
+        run_json = next(entry["md5"] for entry in files if entry["relpath"] == "run.json")
+        reference = json.loads((cache / "files/md5" / run_json[:2] / run_json[2:]).read_text())
+        assert reference["run_id"] == newest.run_id  # the lock's model is the registered version's
+
+    # as found: the same git status, dvc.lock byte for byte, and the outputs it names
+    assert _run(["git", "status", "--porcelain"], cwd=repo).stdout == status_before
+    assert (repo / "dvc.lock").read_bytes() == lock_before
+    return {"stdout": result.stdout, "log": log, "remote": remote}
+
+
+def _clone_of_the_record(repo: Path, team: dict[str, str]) -> Path:
+    """Issue 16, item 4: another working copy (`git clone` of the nightly's record branch, as a
+    colleague's `git pull` would get it), `dvc pull` from the default remote, `dvc repro`: only the
+    tune stage runs (it always does: it reads the shared study) and rebuilds nothing after it;
+    `agerange predict` answers with the pulled model. Returns the clone."""
+    import yaml
+
+    branch = _run(["git", "branch", "--list", "nightly/*", "--format=%(refname:short)"], cwd=repo)
+    # beside the original, so .dvc/config's relative remote (../../agerange-dvc-storage) is the same folder
+    clone = repo.parent / "agerange-clone"
+    record_branch = branch.stdout.split()[-1]
+    _run(["git", "clone", "-q", "--branch", record_branch, str(repo), str(clone)], cwd=clone.parent)
+    assert not (clone / "data").exists()
+    _run([sys.executable, "-m", "dvc", "pull"], cwd=clone, env=team)
+    result = _run([sys.executable, "-m", "dvc", "repro", "drift"], cwd=clone, env=team)
+    assert re.findall(r"Running stage '([^']+)'", result.stdout) == ["tune"], result.stdout
+    recorded = yaml.safe_load(_run(["git", "show", "HEAD:dvc.lock"], cwd=clone).stdout)
+    assert yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["train"] == recorded["stages"]["train"]
+    assert _run(["git", "status", "--porcelain"], cwd=clone).stdout == ""  # tune wrote what was recorded
+
+    photo = str(FAIRFACE / "fairface_0002.jpg")
+    predict = [sys.executable, "-m", "agerange.cli", "predict", photo, "--model", "data/serving"]
+    answer = _run(predict, cwd=clone)
+    assert "fairface_0002.jpg" in answer.stdout and "error" not in answer.stdout.lower()
+    return clone
 
 
 def _kill_mid_trial(worker: subprocess.Popen, study_url: str) -> tuple[int, dict[int, dict]]:

@@ -27,9 +27,8 @@ from agerange.config import (
     setup_logging,
     write_resolved,
 )
-from agerange.faces import chip_recut
 from agerange.files import write_csv, write_json
-from agerange.training import configure_device, load_split
+from agerange.training import configure_device, load_split, realign_recut
 from agerange.tune import (
     baseline_params,
     best_params,
@@ -109,7 +108,7 @@ def run_sweep(study: optuna.Study, target: int, timeout: float, tune: TuneConfig
         if baseline is not None:
             study.enqueue_trial(baseline, skip_if_exists=True)
             log.info("queued params.yaml's configuration as the first trial: %s", baseline)
-    recut = chip_recut(package.detector, package.min_detector_score) if train.realign else None
+    recut = realign_recut(train, package)
     run_trial = _trial_run(experiment, study)
     objective = make_objective(train_split, val, tune.space, train, rebalance, args.checkpoints, run_trial,
                                recut, bool(device["xla"]))  # fmt: skip

@@ -51,13 +51,18 @@ def stage_options(
     on_epoch: EpochHook,
 ) -> TrainOptions:
     """How a stage's training runs on this device (`configure_device`'s answer): augmented online
-    on a GPU with XLA or from the cache on a CPU (`train.augment`), and with `train.realign` on
-    chips also re-cut by predict's detector (`package.detector`)."""
-    recut = chip_recut(package.detector, package.min_detector_score) if config.realign else None
+    on a GPU with XLA or from the cache on a CPU (`train.augment`), and with `realign_recut`."""
     return TrainOptions(
         checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, augment=resolve_augment(config.augment, device),
-        jit=bool(device["xla"]), recut=recut,
+        jit=bool(device["xla"]), recut=realign_recut(config, package),
     )  # fmt: skip
+
+
+def realign_recut(config: TrainConfig, package: PackageConfig) -> Recut | None:
+    """With `train.realign`, training chips are also re-cut the way predict cuts faces (its
+    `package.detector` and minimum score); None when it is off. The train, distil and tune
+    stages all train this way."""
+    return chip_recut(package.detector, package.min_detector_score) if config.realign else None
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """Fixtures shared by the end-to-end tests: a throwaway repository with the data stages run."""
 
+import fcntl
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,9 +27,37 @@ TINY_SPACE = {
 }
 
 
+@pytest.fixture(scope="session")
+def staged_repo(tmp_path_factory, mini_archive, worker_id) -> Path:
+    """A copy of the project after `dvc repro` of the data stages on the mini set (its output in
+    `repro.log` beside it), run once per test run: the test processes share it (under a lock),
+    and each module works on a copy of its own (`copy_of`)."""
+    # pytest-xdist gives each process a temporary folder of its own inside the run's folder
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent
+    repo = shared / "staged" / "agerange"
+    with open(shared / "staged.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other processes wait here while one builds it
+        if not (repo.parent / "repro.log").is_file():
+            shutil.rmtree(repo.parent, ignore_errors=True)
+            built = make_repo(tmp_path_factory, mini_archive)
+            output = _dvc("repro", *DATA_STAGES, cwd=built).stdout
+            shutil.copytree(built, repo, symlinks=True)
+            (repo.parent / "repro.log").write_text(output)  # last: it marks the copy complete
+    return repo
+
+
+def copy_of(repo: Path, tmp_path_factory) -> Path:
+    """A copy of `repo` in a new folder (as .../agerange: .dvc/config's remote is beside it)."""
+    copy = tmp_path_factory.mktemp("repo") / "agerange"
+    shutil.copytree(repo, copy, symlinks=True)
+    return copy
+
+
 @pytest.fixture(scope="module")
-def sweep_repo(tmp_path_factory, mini_archive):
-    repo = make_repo(tmp_path_factory, mini_archive)
+def sweep_repo(tmp_path_factory, staged_repo):
+    repo = copy_of(staged_repo, tmp_path_factory)
     weights = str(Path(__file__).resolve().parents[2].parent / "shared" / "weights")
     set_params(
         repo,
@@ -35,5 +65,4 @@ def sweep_repo(tmp_path_factory, mini_archive):
         tune={"space": TINY_SPACE, "pruner": "none"},
         distil={"image_size": 32},  # a student at a smaller input than TINY_TRAIN's, as the default's
     )
-    _dvc("repro", *DATA_STAGES, cwd=repo)
     return repo

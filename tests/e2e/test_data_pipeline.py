@@ -7,12 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from agerange.labels import AGE_BINS
 from tests.conftest import FAIRFACE, PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -40,8 +38,11 @@ def _dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, mini_archive: Path) -> Path:
-    return make_repo(tmp_path_factory, mini_archive)
+def repo(tmp_path_factory: pytest.TempPathFactory, staged_repo: Path) -> Path:
+    """A copy of the repository in which the data stages ran once (`staged_repo`)."""
+    from tests.e2e.conftest import copy_of
+
+    return copy_of(staged_repo, tmp_path_factory)
 
 
 def make_repo(tmp_path_factory: pytest.TempPathFactory, mini_archive: Path) -> Path:
@@ -89,10 +90,10 @@ def fairface_sample(folder: Path, size: int = NEW_PHOTOS) -> Path:
     return folder
 
 
-def test_repro_builds_validated_split_and_rebalanced_data(repo: Path):
-    result = _dvc("repro", *DATA_STAGES, cwd=repo)
-    assert "ingest: 613 files in, 600 images out, 13 quarantined" in result.stdout
-    assert "critical failures" in result.stdout and "0 critical failures" in result.stdout
+def test_repro_builds_validated_split_and_rebalanced_data(repo: Path, staged_repo: Path):
+    output = (staged_repo.parent / "repro.log").read_text()  # the output of the stages' one run
+    assert "ingest: 613 files in, 600 images out, 13 quarantined" in output
+    assert "critical failures" in output and "0 critical failures" in output
 
     ingest = json.loads((repo / "data/reports/ingest.json").read_text())
     assert ingest["quarantine_by_reason"] == {"conflicting_duplicate": 8, "unparsable_name": 5}
@@ -106,7 +107,7 @@ def test_repro_builds_validated_split_and_rebalanced_data(repo: Path):
     train = pd.read_parquet(repo / "data/train.parquet")
     assert set(train["path"]) <= set(splits.loc[splits["split"] == "train", "path"])
     # the label check reports on the training split only, and leaves everything in by default
-    assert "label_check: " in result.stdout and "kept (label_check.drop: false)" in result.stdout
+    assert "label_check: " in output and "kept (label_check.drop: false)" in output
     issues = pd.read_csv(repo / "data/reports/label_issues.csv")
     assert set(issues["path"]) <= set(splits.loc[splits["split"] == "train", "path"])
     assert pd.read_csv(repo / "data/label_drop.csv").empty
@@ -157,55 +158,3 @@ TINY_TRAIN = {
     "batch_size": 32, "head_learning_rate": 0.003, "finetune_learning_rate": 0.0003,
     "ensemble_members": 1,
 }  # fmt: skip
-
-
-def test_train_and_evaluate_are_tracked_in_mlflow(repo: Path):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"].update(TINY_TRAIN, ensemble_members=2)  # the default's two-model ensemble
-    params["train"]["weights_dir"] = str(PROJECT_ROOT.parent / "shared" / "weights")
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = _dvc("repro", "evaluate", cwd=repo)
-    assert "train:" in result.stdout and "evaluate: test split" in result.stdout
-
-    evaluation = json.loads((repo / "data/reports/evaluation.json").read_text())
-    for side in ("val", "test"):
-        assert {"accuracy", "within_one", "mae_years", "macro_f1", "ece"} <= set(evaluation[side])
-    for name in ("confusion_matrix.png", "worst_mistakes.png", "calibration.png", "off_by_n.csv",
-                 "accuracy_by_ethnicity.csv", "accuracy_by_gender.csv", "confusion.csv"):  # fmt: skip
-        assert (repo / "data/reports/evaluation" / name).stat().st_size > 0
-    # test and validation accuracy sliced by ingest's image conditions and the detector's
-    for name in ("accuracy_by_condition.csv", "accuracy_by_condition_val.csv"):
-        by_condition = pd.read_csv(repo / "data/reports/evaluation" / name)
-        assert {"blur", "face_size", "head_roll", "detector_score"} <= set(by_condition["condition"])
-    assert "evaluate: accuracy falls most for " in result.stdout
-
-    import mlflow
-    from mlflow import MlflowClient
-
-    from agerange import registry, tracking
-
-    reference = json.loads((repo / "data/model/run.json").read_text())
-    mlflow.set_tracking_uri(tracking.store_uri(repo / "mlruns"))
-    client = MlflowClient()
-    run = client.get_run(reference["run_id"])
-    assert run.data.params["train.backbone"] == "mobilenet_v2"
-    assert run.data.params["train.image_size"] == "48"
-    assert run.data.tags["git_commit"] != "unknown"
-    assert any(key.startswith("data.data/") for key in run.data.tags)
-    assert {"best_val_accuracy", "test_accuracy", "test_within_one", "eval_val_accuracy", "test_ece"} <= set(
-        run.data.metrics
-    )
-    history = client.get_metric_history(run.info.run_id, "val_accuracy")
-    assert [m.step for m in history] == list(range(1, 9))  # both phases of both members, one point per epoch
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert "evaluation/confusion_matrix.png" in artifacts and "evaluation/worst_mistakes.png" in artifacts
-    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "val"}
-
-    # The logged model loads without the training code's help and predicts probabilities.
-    model = registry.load_keras_model(reference["model_uri"])
-    info = registry.load_model_info(reference["model_uri"])
-    assert info["image_size"] == 48 and len(info["class_names"]) == 10 and info["ensemble_members"] == 2
-    # params.yaml's head: a distribution over the years 0-100, the age groups being sums of it
-    assert info["head"] == "ages"
-    probabilities = np.asarray(model(np.zeros((2, 48, 48, 3), dtype="float32")))
-    assert probabilities.shape == (2, AGE_BINS) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)

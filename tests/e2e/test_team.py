@@ -141,7 +141,7 @@ def test_two_clones_sweep_one_study_the_nightly_registers_and_records_it_and_a_c
     shutil.copytree(sweep_repo, colleague, symlinks=True)
     study_url = f"postgresql://{ROLE}@127.0.0.1:{postgres['port']}/optuna"
     for repo in (sweep_repo, colleague):  # committed settings: the shared study's address, no password
-        set_params(repo, tune={"n_trials": 5, "heartbeat_seconds": 2, "storage": study_url})
+        set_params(repo, tune={"n_trials": 4, "heartbeat_seconds": 2, "storage": study_url})
     team = _team_environment(postgres, mlflow_server)
     for name in ("PGPASSFILE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.setenv(name, team[name])  # this process reads the study and the server too
@@ -171,7 +171,7 @@ def test_two_clones_sweep_one_study_the_nightly_registers_and_records_it_and_a_c
     finished = [
         t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     ]
-    assert len(finished) == 5
+    assert len(finished) == 4
     assert [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL] == [killed]
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
     assert [retry(t) for t in trials if retry(t) is not None] == [killed]
@@ -183,9 +183,10 @@ def test_two_clones_sweep_one_study_the_nightly_registers_and_records_it_and_a_c
     nightly = _nightly_records_what_it_registers(sweep_repo, team)
     record = _clone_of_the_record(sweep_repo, team)  # what a colleague's `git pull` + `dvc pull` get
     log = nightly["log"]
-    assert "tune: study 'agerange' has 5 finished trials" in log
+    _training_and_evaluation_are_tracked(record, mlflow_server["url"], log)
+    assert "tune: study 'agerange' has 4 finished trials" in log
     best = json.loads((record / "data/reports/tune/best.json").read_text())
-    assert best["trials"] == 5 and set(best["params"]) == set(TINY_SPACE)
+    assert best["trials"] == 4 and set(best["params"]) == set(TINY_SPACE)
     # the resolved configuration that rebalance and train read is params.yaml's with the best applied
     resolved = json.loads((record / "data/training.json").read_text())
     assert resolved["tuned"] == best["params"] and "using the tuned params" in log
@@ -282,6 +283,55 @@ def test_two_clones_sweep_one_study_the_nightly_registers_and_records_it_and_a_c
     assert not leaked
 
 
+def _training_and_evaluation_are_tracked(record: Path, server: str, log: str) -> None:
+    """What the nightly's train and evaluate stages left: the evaluation reports (sliced by image
+    condition too), and the training run on the server with its params, provenance tags, one
+    validation point per epoch of both ensemble members, figures, datasets and a logged model
+    that loads without the training code and answers in ages."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from agerange import registry, tracking
+    from agerange.labels import AGE_BINS
+
+    assert "evaluate: test split" in log and "evaluate: accuracy falls most for " in log
+    evaluation = json.loads((record / "data/reports/evaluation.json").read_text())
+    for side in ("val", "test"):
+        assert {"accuracy", "within_one", "mae_years", "macro_f1", "ece"} <= set(evaluation[side])
+    reports = record / "data/reports/evaluation"
+    for name in ("confusion_matrix.png", "worst_mistakes.png", "calibration.png", "off_by_n.csv",
+                 "accuracy_by_ethnicity.csv", "accuracy_by_gender.csv", "confusion.csv"):  # fmt: skip
+        assert (reports / name).stat().st_size > 0
+    for name in ("accuracy_by_condition.csv", "accuracy_by_condition_val.csv"):
+        by_condition = pd.read_csv(reports / name)
+        assert {"blur", "face_size", "head_roll", "detector_score"} <= set(by_condition["condition"])
+
+    reference = json.loads((record / "data/model/run.json").read_text())
+    tracking.use_tracking_uri(server)
+    client = mlflow.MlflowClient(tracking_uri=server)
+    run = client.get_run(reference["run_id"])
+    assert run.data.params["train.backbone"] == "mobilenet_v2" and run.data.params["train.image_size"] == "48"
+    assert run.data.tags["git_commit"] != "unknown"
+    assert any(key.startswith("data.data/") for key in run.data.tags)
+    assert {"best_val_accuracy", "test_accuracy", "test_within_one", "eval_val_accuracy", "test_ece"} <= set(
+        run.data.metrics
+    )
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == list(range(1, 9))  # both phases of both members, one point per epoch
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in artifacts and "evaluation/worst_mistakes.png" in artifacts
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "val"}
+
+    model = registry.load_keras_model(reference["model_uri"])
+    info = registry.load_model_info(reference["model_uri"])
+    assert info["image_size"] == 48 and len(info["class_names"]) == 10 and info["ensemble_members"] == 2
+    # params.yaml's head: a distribution over the years 0-100, the age groups being sums of it
+    assert info["head"] == "ages"
+    probabilities = np.asarray(model(np.zeros((2, 48, 48, 3), dtype="float32")))
+    assert probabilities.shape == (2, AGE_BINS) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+
+
 def _nightly_records_what_it_registers(repo: Path, team: dict[str, str]) -> dict[str, object]:
     """`pipelines/nightly.py` (no trials of its own) in `repo`, with an uncommitted change a user
     might leave: the version it registers names a clean commit on a branch of its own holding the
@@ -290,7 +340,10 @@ def _nightly_records_what_it_registers(repo: Path, team: dict[str, str]) -> dict
     import mlflow
     import yaml
 
-    set_params(repo, train={"seed": 43}, drift={"reference_size": 200, "control_size": 60})
+    # the default's two-model ensemble, which the distil stage's student then learns from
+    set_params(
+        repo, train={"seed": 43, "ensemble_members": 2}, drift={"reference_size": 200, "control_size": 60}
+    )
     status_before = _run(["git", "status", "--porcelain"], cwd=repo).stdout
     lock_before = (repo / "dvc.lock").read_bytes()
     nightly = [sys.executable, "pipelines/nightly.py", "--trials", "0", "--timeout-minutes", "5"]

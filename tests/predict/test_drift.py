@@ -38,8 +38,8 @@ def test_drift_report_flags_fairface_framing_but_not_a_utkface_slice(packaged_mo
     images, metadata, _ = mini_ingested
     predictor = AgePredictor.from_directory(packaged_model)
     shuffled = metadata["path"].sample(frac=1, random_state=1).tolist()
-    reference = describe_photos(predictor, [images / p for p in shuffled[:350]], shuffled[:350])
-    control = describe_photos(predictor, [images / p for p in shuffled[350:550]], shuffled[350:550])
+    reference = describe_photos(predictor, [images / p for p in shuffled[:250]], shuffled[:250])
+    control = describe_photos(predictor, [images / p for p in shuffled[250:400]], shuffled[250:400])
     fairface = sorted(FAIRFACE.glob("*.jpg"))[:80]
     new = describe_photos(predictor, fairface, [p.name for p in fairface])
     assert set(FEATURES) <= set(new.columns) and any(c.startswith("emb_") for c in new.columns)

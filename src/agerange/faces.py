@@ -303,22 +303,51 @@ def align_face(image: Image.Image, face: Face, size: int = CHIP_SIZE) -> Image.I
     # a large face is first reduced by an integer factor so that resampling does not alias
     reduce_by = max(1, int(step))
     if reduce_by > 1:
-        image = image.reduce(reduce_by)
         step, centre_x, centre_y = step / reduce_by, centre_x / reduce_by, centre_y / reduce_by
     cos, sin = math.cos(angle) * step, math.sin(angle) * step
     # chip pixel (u, v) -> photo pixel: rotate and scale around the eye centre
     u0, v0 = CHIP_FACE["center_x"] * size, CHIP_FACE["center_y"] * size
-    coefficients = (
-        cos,
-        -sin,
-        centre_x - cos * u0 + sin * v0,
-        sin,
-        cos,
-        centre_y - sin * u0 - cos * v0,
-    )
+    origin_x, origin_y = centre_x - cos * u0 + sin * v0, centre_y - sin * u0 - cos * v0
+    if reduce_by > 1:
+        # only the part of the photo the chip covers is reduced: the same pixels, at a fraction of
+        # the cost for a face that fills little of a large photo
+        image, (left, top) = _reduced_around(image, reduce_by, _footprint(origin_x, origin_y, cos, sin, size))
+        origin_x, origin_y = origin_x - left, origin_y - top
+    coefficients = (cos, -sin, origin_x, sin, cos, origin_y)
     return image.transform(
         (size, size), Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR, fillcolor=(0, 0, 0)
     )
+
+
+def _footprint(origin_x: float, origin_y: float, cos: float, sin: float, size: int) -> tuple[float, ...]:
+    """The box (left, top, right, bottom) around the photo pixels a size x size chip samples."""
+    corners = [(u, v) for u in (0, size) for v in (0, size)]
+    xs = [origin_x + cos * u - sin * v for u, v in corners]
+    ys = [origin_y + sin * u + cos * v for u, v in corners]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _reduced_around(
+    image: Image.Image, factor: int, box: tuple[float, ...]
+) -> tuple[Image.Image, tuple[int, int]]:
+    """`image.reduce(factor)` cut to `box` (in reduced pixels, with a margin for bilinear
+    sampling), and the cut's top-left corner in reduced pixels.
+
+    The cut starts on multiples of `factor` in the photo, so each reduced pixel averages the
+    same photo pixels as in `image.reduce(factor)`: the result is pixel for pixel that one's.
+    """
+    width, height = -(-image.width // factor), -(-image.height // factor)  # reduce() rounds up
+    left, top = max(0, math.floor(box[0]) - 2), max(0, math.floor(box[1]) - 2)
+    right, bottom = min(width, math.ceil(box[2]) + 3), min(height, math.ceil(box[3]) + 3)
+    if left >= right or top >= bottom:  # the chip lies outside the photo: nothing to cut
+        return image.reduce(factor), (0, 0)
+    region = (
+        left * factor,
+        top * factor,
+        min(image.width, right * factor),
+        min(image.height, bottom * factor),
+    )
+    return image.reduce(factor, box=region), (left, top)
 
 
 def chip_recut(detector_name: str, min_score: float) -> Callable[[np.ndarray], tuple[np.ndarray, int]]:

@@ -124,6 +124,45 @@ def test_alignment_levels_the_eyes_of_a_tilted_face(detector):
     assert abs(left_y - right_y) < 0.1 * (right_x - left_x)
 
 
+def _aligned_from_the_whole_photo(image: Image.Image, face, size: int = 200) -> np.ndarray:
+    """align_face's chip computed the plain way: the whole photo reduced, then turned and cut."""
+    import math
+
+    from agerange.faces import CHIP_FACE
+
+    (left_x, left_y), (right_x, right_y) = face.eyes
+    angle = math.atan2(right_y - left_y, right_x - left_x) - math.radians(CHIP_FACE["angle"])
+    step = max(face.size, 1.0) / (CHIP_FACE["size"] * size)
+    centre_x, centre_y = (left_x + right_x) / 2, (left_y + right_y) / 2
+    factor = max(1, int(step))
+    image, step, centre_x, centre_y = (
+        image.reduce(factor),
+        step / factor,
+        centre_x / factor,
+        centre_y / factor,
+    )
+    cos, sin = math.cos(angle) * step, math.sin(angle) * step
+    u0, v0 = CHIP_FACE["center_x"] * size, CHIP_FACE["center_y"] * size
+    coefficients = (cos, -sin, centre_x - cos * u0 + sin * v0, sin, cos, centre_y - sin * u0 - cos * v0)
+    return np.asarray(
+        image.transform((size, size), Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR)
+    )
+
+
+@pytest.mark.parametrize("scale", [1, 7])  # a FairFace photo, and the same at a phone photo's size
+def test_aligning_reduces_only_the_face_and_gives_the_same_pixels_as_the_whole_photo(detector, scale):
+    photos = [read_image(path) for path in sorted(FAIRFACE.glob("*.jpg"))[:8]]
+    checked = 0
+    for photo in photos:
+        photo = photo.resize((photo.width * scale, photo.height * scale), Image.Resampling.BILINEAR)
+        for face in detector.find_faces(photo):
+            np.testing.assert_array_equal(
+                np.asarray(align_face(photo, face)), _aligned_from_the_whole_photo(photo, face)
+            )
+            checked += 1
+    assert checked >= len(photos)
+
+
 def test_unknown_detector_and_wrong_model_file_are_one_line_errors(tmp_path: Path):
     with pytest.raises(
         DetectorError, match="unknown face detector 'yolo' \\(valid: blazeface_full, blazeface_short\\)"

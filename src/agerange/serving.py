@@ -288,7 +288,10 @@ def save_serving_model(folder: Path, artifacts: dict[str, Path], info: dict[str,
         "error": DataType.string,
     }
     signature = ModelSignature(
-        inputs=Schema([ColSpec(DataType.binary, "image")]),
+        # optional only so that MLflow's schema check lets a request without it through to
+        # `AgeRangeModel.predict`, which refuses it in one line (MLflow's own refusal prints the
+        # whole request)
+        inputs=Schema([ColSpec(DataType.binary, "image", required=False)]),
         outputs=Schema([ColSpec(kinds.get(name, DataType.double), name) for name in OUTPUT_COLUMNS]),
     )
     blank = io.BytesIO()
@@ -377,8 +380,10 @@ class AgeRangeModel(PythonModel):
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
         if "image" not in model_input:
-            columns = ", ".join(map(str, model_input.columns))
-            raise MlflowException(f"no 'image' column (got: {columns})", INVALID_PARAMETER_VALUE)
+            columns = ", ".join(map(str, model_input.columns)) or "none that the model takes"
+            raise MlflowException(
+                f"request: no 'image' column of photo bytes (columns: {columns})", INVALID_PARAMETER_VALUE
+            )
         names = [f"image {index}" for index in range(len(model_input))]
         cells = [photo_bytes(data, name) for data, name in zip(model_input["image"], names, strict=True)]
         readable = [index for index, (data, _) in enumerate(cells) if data is not None]

@@ -34,6 +34,8 @@ def test_four_concurrent_clients_get_answers_and_malformed_requests_get_a_4xx(
     # photo and the reason
     assert "not an image or corrupt" in reasons["not an image"]
     assert ("over the 30 MB limit" if kind == "mlflow" else "larger than 30 MB") in reasons["50 MB body"]
+    if kind == "mlflow":
+        assert "no 'image' column of photo bytes" in reasons["wrong JSON columns"]
     if kind == "web":
         assert all(len(reason.splitlines()) == 1 for _, _, reason in malformed)
     assert still_serving, log

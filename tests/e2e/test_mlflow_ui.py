@@ -14,11 +14,6 @@ from bench.serving_load import free_port
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--virtual-time-budget=20000", "--window-size=1400,1000",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -67,33 +62,44 @@ def ui(store_with_run):
         server.wait(timeout=30)
 
 
-def _browse(url: str, profile: Path, screenshot: Path | None = None) -> str:
-    assert CHROMIUM, "Chromium is needed for this test: apt-get install chromium (CI's .ci/run does)"
-    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+def _shown(page, url: str, texts: list[str], screenshot: Path | None = None) -> str:
+    """The page at `url` once its DOM holds every one of `texts` (the UI fills it in by script)."""
+    page.goto(url, timeout=60_000)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "texts => texts.every(text => document.documentElement.innerHTML.includes(text))", arg=texts,
+            timeout=60_000,
+        )  # fmt: skip
+    except PlaywrightTimeout:
+        missing = [text for text in texts if text not in page.content()]
+        raise AssertionError(f"{url}: not shown after 60 s: {missing}") from None
     if screenshot is not None:
-        subprocess.run(
-            [CHROMIUM, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120
-        )
-    result = subprocess.run(
-        [CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
-    )
-    return result.stdout
+        page.wait_for_timeout(1000)  # the texts are in the page; let it finish drawing around them
+        page.screenshot(path=str(screenshot))
+    return page.content()
 
 
 def test_ui_shows_experiment_run_metrics_and_artifacts(ui, store_with_run, tmp_path_factory):
+    assert CHROMIUM, "Chromium is needed for this test: apt-get install chromium (CI's .ci/run does)"
+    from playwright.sync_api import sync_playwright
+
     _, experiment, run_id = store_with_run
     output = tmp_path_factory.mktemp("mlflow_ui_screenshots")
-    profile = output / "profile"
-
-    experiment_page = _browse(f"{ui}/#/experiments/{experiment}/runs", profile, output / "runs.png")
-    assert "agerange" in experiment_page and "train-mobilenet_v2" in experiment_page
-
-    run_page = _browse(f"{ui}/#/experiments/{experiment}/runs/{run_id}", profile, output / "run.png")
-    assert "val_accuracy" in run_page and "test_within_one" in run_page
-    assert "train.unfreeze_layers" in run_page
-
-    artifacts_page = _browse(f"{ui}/#/experiments/{experiment}/runs/{run_id}/artifacts", profile)
-    assert "evaluation" in artifacts_page
+    run_url = f"{ui}/#/experiments/{experiment}/runs/{run_id}"
+    with sync_playwright() as playwright:  # one headless Chromium for the three pages
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            runs_url = f"{ui}/#/experiments/{experiment}/runs"
+            # each page as soon as it shows these texts
+            _shown(page, runs_url, ["agerange", "train-mobilenet_v2"], output / "runs.png")
+            run_texts = ["val_accuracy", "test_within_one", "train.unfreeze_layers"]
+            _shown(page, run_url, run_texts, output / "run.png")
+            _shown(page, f"{run_url}/artifacts", ["evaluation"])
+        finally:
+            browser.close()
 
     screenshot = output / "run.png"
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000

@@ -1,6 +1,7 @@
 """Fixtures shared by the end-to-end tests: a throwaway repository with the data stages run."""
 
 import fcntl
+import os
 import shutil
 from pathlib import Path
 
@@ -28,13 +29,13 @@ TINY_SPACE = {
 
 
 @pytest.fixture(scope="session")
-def staged_repo(tmp_path_factory, mini_archive, worker_id) -> Path:
+def staged_repo(tmp_path_factory, mini_archive) -> Path:
     """A copy of the project after `dvc repro` of the data stages on the mini set (its output in
     `repro.log` beside it), run once per test run: the test processes share it (under a lock),
     and each module works on a copy of its own (`copy_of`)."""
     # pytest-xdist gives each process a temporary folder of its own inside the run's folder
     shared = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
+    if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent
     repo = shared / "staged" / "agerange"
     with open(shared / "staged.lock", "w") as lock:

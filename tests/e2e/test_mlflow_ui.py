@@ -62,11 +62,11 @@ def ui(store_with_run):
         server.wait(timeout=30)
 
 
-def _shown(page, url: str, texts: list[str], screenshot: Path | None = None) -> str:
-    """The page at `url` once its DOM holds every one of `texts` (the UI fills it in by script)."""
-    page.goto(url, timeout=60_000)
+def _shown(page, url: str, texts: list[str], screenshot: Path | None = None) -> None:
+    """Open `url` and wait until its DOM holds every one of `texts` (the UI fills it in by script)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+    page.goto(url, timeout=60_000)
     try:
         page.wait_for_function(
             "texts => texts.every(text => document.documentElement.innerHTML.includes(text))", arg=texts,
@@ -78,7 +78,6 @@ def _shown(page, url: str, texts: list[str], screenshot: Path | None = None) -> 
     if screenshot is not None:
         page.wait_for_timeout(1000)  # the texts are in the page; let it finish drawing around them
         page.screenshot(path=str(screenshot))
-    return page.content()
 
 
 def test_ui_shows_experiment_run_metrics_and_artifacts(ui, store_with_run, tmp_path_factory):

@@ -15,7 +15,7 @@ from tests.conftest import FAIRFACE, PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 DATA_STAGES = ["ingest", "validate", "split", "label_check", "rebalance"]
-NEW_PHOTOS = 80  # labelled FairFace photos the pipeline copies read (all 270: tests/predict)
+NEW_PHOTOS = 50  # labelled FairFace photos the pipeline copies read (all 270: tests/predict)
 
 
 def _run(

@@ -56,13 +56,19 @@ def mini_splits(mini_ingested):
     }, size
 
 
-def test_two_phase_training_lowers_the_loss_and_beats_chance(mini_splits, tmp_path):
+def test_two_phase_training_lowers_the_loss_and_its_age_distribution_answers_the_groups(
+    mini_splits, tmp_path
+):
+    """params.yaml's recipe made tiny: the distribution head (ages), re-cut chips, the weight soup."""
+    from agerange.faces import chip_recut
+    from agerange.inference import expected_ages
+    from agerange.labels import AGE_BINS
+    from agerange.metrics import mae_years
+
     data, size = mini_splits
     epochs = []
-    from agerange.faces import chip_recut
-
     config = _tiny_config(
-        size, head_epochs=3, finetune_epochs=2, realign=True, weight_soup=True, age_sigma=0.085
+        size, head="ages", age_sigma=0.085, head_epochs=3, finetune_epochs=2, realign=True, weight_soup=True
     )
     options = TrainOptions(
         tmp_path / "ckpt", recut=chip_recut("blazeface_short", 0.6),
@@ -75,15 +81,24 @@ def test_two_phase_training_lowers_the_loss_and_beats_chance(mini_splits, tmp_pa
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     assert result.boundary is not None  # CPU path: the frozen part was cached
     assert "probe_accuracy" in history
-    chips = data["train"].chips
-    accuracy = (predict_probabilities(result.model, chips).argmax(1) == data["train"].groups).mean()
-    assert accuracy > 0.2  # chance is 0.1 over ten balanced groups
     assert not (tmp_path / "ckpt").exists()  # finished: checkpoints removed
-    # The returned model is the weight soup of fine-tuning epochs, as good as its best epoch on val.
+
+    # a distribution over the years whose group sums beat chance (0.1) on the images it learnt
+    assert result.model.output_shape[-1] == AGE_BINS
+    train_split = data["train"]
+    outputs = predict_probabilities(result.model, train_split.chips)
+    np.testing.assert_allclose(outputs.sum(axis=1), 1.0, atol=1e-4)
+    assert (group_probabilities(outputs).argmax(1) == train_split.groups).mean() > 0.2
+    ages = train_split.table["age"].to_numpy()
+    # the expected age beats the best constant answer (the median age) on the images it learnt
+    assert mae_years(expected_ages(outputs), ages) < np.abs(ages - np.median(ages)).mean()
+
+    # The returned model is the weight soup of fine-tuning epochs, as good as its best epoch on
+    # val, where accuracy (early stopping, the soup) is that of the bins' group sums.
     assert set(result.soup["epochs"]) <= {4, 5} and result.soup["epochs"]
     assert result.soup["val_accuracy"] >= history.loc[history["phase"] == "finetune", "val_accuracy"].max()
-    val_predicted = predict_probabilities(result.model, data["val"].chips, flip=False).argmax(1)
-    assert (val_predicted == data["val"].groups).mean() == pytest.approx(
+    val_outputs = predict_probabilities(result.model, data["val"].chips, flip=False)
+    assert (group_probabilities(val_outputs).argmax(1) == data["val"].groups).mean() == pytest.approx(
         result.soup["val_accuracy"], abs=1e-6
     )
 
@@ -192,48 +207,49 @@ class Interrupted(Exception):
     pass
 
 
-def test_an_interrupted_training_resumes_where_it_stopped(mini_splits, tmp_path):
-    data, size = mini_splits
-    config, splits = (
-        _tiny_config(size, head_epochs=3, finetune_epochs=3),
-        TrainData(data["train"], data["val"]),
-    )
-
-    def crash_in_phase_two(phase, epoch, metrics):
-        if phase == "finetune":
-            raise Interrupted  # as if the machine went down after the first fine-tuning epoch
-
-    with pytest.raises(Interrupted):
-        train(config, splits, TrainOptions(tmp_path / "ckpt", on_epoch=crash_in_phase_two))
-    assert (tmp_path / "ckpt" / "phase1_done.weights.h5").is_file()
-
-    resumed = []
-    result = train(
-        config, splits, TrainOptions(tmp_path / "ckpt", on_epoch=lambda p, e, m: resumed.append((p, e)))
-    )
-    # Phase 1 is not trained again, and phase 2 continues after its checkpointed first epoch.
-    assert resumed == [("finetune", 5), ("finetune", 6)]
-    assert list(result.history["phase"]) == ["head"] * 3 + ["finetune"] * 2
-
-
-def test_an_interrupted_second_fine_tuning_run_resumes_without_redoing_the_first(mini_splits, tmp_path):
+def test_an_interrupted_training_resumes_where_it_stopped_and_never_redoes_a_finished_run(
+    mini_splits, tmp_path
+):
+    """Three crashes, as if the machine went down three times: in phase 1, in the first
+    fine-tuning run and in the second. Each restart goes on after the last checkpointed epoch,
+    and no phase or run after a resumed one loses epochs."""
     data, size = mini_splits
     config = _tiny_config(size, head_epochs=2, finetune_epochs=2, weight_soup=True, finetune_runs=2)
     splits = TrainData(data["train"], data["val"])
+    # epochs 1-2 are phase 1, 3-4 the first fine-tuning run, 5-6 the second
+    resumed = {}
 
-    def crash_in_the_second_run(phase, epoch, metrics):
-        if epoch == 5:  # epochs 3-4 are the first run, 5-6 the second
-            raise Interrupted
+    def crash_at(crash_epoch: int | None, name: str):
+        resumed[name] = []
+
+        def on_epoch(phase, epoch, metrics):
+            resumed[name].append((phase, epoch))
+            if epoch == crash_epoch:
+                raise Interrupted
+
+        return TrainOptions(tmp_path / "ckpt", on_epoch=on_epoch)
 
     with pytest.raises(Interrupted):
-        train(config, splits, TrainOptions(tmp_path / "ckpt", on_epoch=crash_in_the_second_run))
-    resumed = []
-    result = train(
-        config, splits, TrainOptions(tmp_path / "ckpt", on_epoch=lambda p, e, m: resumed.append((p, e)))
-    )
-    assert resumed == [("finetune", 6)]  # the first run is not trained again
-    assert list(result.history["epoch"]) == [1, 2, 3, 4, 6]
-    assert set(result.soup["epochs"]) <= {3, 4, 6}
+        train(config, splits, crash_at(1, "first"))
+    with pytest.raises(Interrupted):
+        train(config, splits, crash_at(3, "second"))
+    assert (tmp_path / "ckpt" / "phase1_done.weights.h5").is_file()
+    with pytest.raises(Interrupted):
+        train(config, splits, crash_at(5, "third"))
+    result = train(config, splits, crash_at(None, "fourth"))
+    # Each restart goes on after the last checkpointed epoch: phase 1 is not trained again once
+    # done, nor a fine-tuning run's checkpointed epochs; and every phase and run still trains all
+    # of its own (Keras would start phase 2 after a resumed phase 1 at phase 1's resumed epoch).
+    assert resumed == {
+        "first": [("head", 1)],
+        "second": [("head", 2), ("finetune", 3)],
+        "third": [("finetune", 4), ("finetune", 5)],
+        "fourth": [("finetune", 6)],
+    }
+    assert list(result.history["epoch"]) == [2, 4, 6]  # an epoch's record is lost with its crash
+    # and so is its soup snapshot, written after the tracking hook; no snapshot was overwritten
+    assert set(result.soup["epochs"]) <= {4, 6} and result.soup["epochs"]
+    assert not (tmp_path / "ckpt").exists()
 
 
 def test_an_ensemble_averages_its_members_and_resumes_without_retraining_a_finished_one(
@@ -400,31 +416,6 @@ def test_real_photo_variants_are_cached_as_the_frozen_part_sees_them_and_trainin
     result = train(config, splits, TrainOptions(tmp_path / "ckpt"))
     chips, groups = data["train"].chips, data["train"].groups
     assert (predict_probabilities(result.model, chips).argmax(1) == groups).mean() > 0.2  # chance is 0.1
-
-
-def test_the_distribution_head_learns_ages_whose_group_sums_answer_the_groups(mini_splits, tmp_path):
-    from agerange.inference import expected_ages, group_probabilities
-    from agerange.labels import AGE_BINS
-    from agerange.metrics import mae_years
-
-    data, size = mini_splits
-    config = _tiny_config(
-        size, head="ages", age_sigma=0.085, head_epochs=3, finetune_epochs=2, weight_soup=True
-    )
-    result = train(config, TrainData(data["train"], data["val"]), TrainOptions(tmp_path / "ckpt"))
-    assert result.model.output_shape[-1] == AGE_BINS
-    train_split = data["train"]
-    outputs = predict_probabilities(result.model, train_split.chips)
-    np.testing.assert_allclose(outputs.sum(axis=1), 1.0, atol=1e-4)
-    assert (group_probabilities(outputs).argmax(1) == train_split.groups).mean() > 0.2  # chance 0.1
-    ages = train_split.table["age"].to_numpy()
-    # the expected age beats the best constant answer (the median age) on the images it learnt
-    assert mae_years(expected_ages(outputs), ages) < np.abs(ages - np.median(ages)).mean()
-    # validation accuracy (early stopping, the soup) is the accuracy of the bins' group sums
-    val_outputs = predict_probabilities(result.model, data["val"].chips, flip=False)
-    assert (group_probabilities(val_outputs).argmax(1) == data["val"].groups).mean() == pytest.approx(
-        result.soup["val_accuracy"], abs=1e-6
-    )
 
 
 def test_two_trainings_with_the_same_settings_give_identical_weights_and_another_seed_does_not(

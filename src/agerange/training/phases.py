@@ -125,6 +125,10 @@ def fit(trainer, train_data, val_data, epochs: int, patience: int, checkpoint_di
 
     if epochs <= 0:
         return 0
+    # BackupAndRestore resumes by setting the model's initial epoch, and Keras (3.x) never resets
+    # it: without this, every later fit on the same model (phase 2 after a resumed phase 1, the
+    # next fine-tuning run) would skip the epochs the resumed one had done.
+    trainer._initial_epoch = None
     history = trainer.fit(
         train_data,
         validation_data=val_data,
@@ -185,12 +189,16 @@ def fine_tune(model, feed: Feed, config: TrainConfig, options, records: list) ->
     then the weight soup of their epochs. Returns the epochs run and the soup (or None)."""
     checkpoint_dir = Path(options.checkpoint_dir)
     unfreeze(model, config.backbone, config.unfreeze_layers)
-    epochs = 0
+    epochs, phase_one = 0, max((row["epoch"] for row in records), default=0)  # phase 1's last epoch
     for run in range(config.finetune_runs):
         finished = checkpoint_dir / f"phase2_{run}_history.json"
         if finished.is_file():  # resume: this fine-tuning run ended before the interruption
             records[:] = json.loads(finished.read_text())
             continue
+        # A run's epochs are numbered after phase 1's last and the planned epochs of the runs
+        # before it, not after the records so far: an interruption loses the record of the epoch
+        # it stopped in, and the numbers (MLflow steps, soup snapshot names) must not shift.
+        offset = phase_one + run * config.finetune_epochs
         # Every run starts where phase 1 ended and differs only in its data order (its seed),
         # so the runs stay close enough for their weights to be averaged in the soup.
         model.load_weights(phase_one_weights(checkpoint_dir))
@@ -198,11 +206,11 @@ def fine_tune(model, feed: Feed, config: TrainConfig, options, records: list) ->
         label = options.label + (f" run {run + 1}/{config.finetune_runs}" if config.finetune_runs > 1 else "")
         callbacks = [
             epoch_callback(
-                "finetune", len(records), config.finetune_epochs, records, feed.probe, options.on_epoch, label
+                "finetune", offset, config.finetune_epochs, records, feed.probe, options.on_epoch, label
             )
         ]
         if config.weight_soup:
-            callbacks.append(snapshot_callback(checkpoint_dir / "soup", len(records)))
+            callbacks.append(snapshot_callback(checkpoint_dir / "soup", offset))
         run_data = feed.train_data if run == 0 else feed.reshuffled(config.seed + run)
         epochs += fit(
             feed.trainer, run_data, feed.val_data, config.finetune_epochs, config.patience,

@@ -165,6 +165,31 @@ def ensemble_classifier(members: list, shared_until: str | None = None):
     return keras.Model(inputs, mean, name=f"{members[0].name}_ensemble")
 
 
+def member_embeddings(model):
+    """`model` cut below its output layers: a Keras model from pixels to every member's embedding
+    (the `features` layer) side by side, (N, members x D), and the members' output layers (Dense +
+    softmax) in the same order. For inference (dropout, between the two, is then the identity).
+
+    The int8 export quantizes only this part and leaves the output layers to the host in float:
+    an int8 softmax over AGE_BINS ages rounds each bin to 1/256, which wipes out the tails that
+    range and interval answers sum.
+    """
+    import keras
+
+    output_names = {name for _, name in HEADS.values()}
+    embeddings = [model.get_layer("features").output]
+    heads = [next(layer for layer in model.layers if layer.name in output_names)]
+    for layer in model.layers:
+        if not isinstance(layer, keras.Model):  # ensemble members after the first are nested
+            continue
+        inner = keras.Model(layer.inputs, layer.get_layer("features").output)
+        # the tensor of `model`'s graph that feeds the member (the pixels, or the shared boundary)
+        embeddings.append(inner(layer._inbound_nodes[0].input_tensors[0]))
+        heads.append(next(inner_layer for inner_layer in layer.layers if inner_layer.name in output_names))
+    joined = embeddings[0] if len(embeddings) == 1 else keras.layers.Concatenate()(embeddings)
+    return keras.Model(model.inputs, joined, name=f"{model.name}_embeddings"), heads
+
+
 def float32_copy(model):
     """`model` with the same weights and every layer computing in float32: a model trained under
     mixed precision exports to TFLite (which has no float16 convolutions) and predicts exactly."""

@@ -30,8 +30,10 @@ from agerange.config import PackageConfig
 from agerange.drift import new_photo_accuracy
 from agerange.faces import packaged_detector_path
 from agerange.files import atomic_path
+from agerange.model import member_embeddings
 from agerange.predict import (
     CLASSIFIER_FILE,
+    HEAD_FILE,
     INFO_FILE,
     MAX_PHOTO_BYTES,
     AgePredictor,
@@ -68,17 +70,23 @@ def export_classifier(model, path: Path, calibration: np.ndarray | None = None) 
     """Write the Keras classifier as TFLite, with its `features` layer as a second output.
 
     With `calibration` (uint8 face chips at the model's input size, a few hundred), the export
-    is full-integer: int8 weights and activations, uint8 pixels in, float outputs. Its
-    activation ranges are the ones those chips produce, so they should look like predict's own
-    chips. Without it, the export computes in float32 like Keras.
+    is full-integer up to the members' embeddings: int8 weights and activations, uint8 pixels
+    in, the embeddings out; the output layers (Dense + softmax, one per ensemble member) go
+    beside it as float weights (`HEAD_FILE`), which `Classifier` applies. Its activation ranges
+    are the ones those chips produce, so they should look like predict's own chips. Without
+    it, the export computes in float32 like Keras.
     """
     import contextlib
 
     import keras
     import tensorflow as tf
 
-    two_outputs = keras.Model(model.inputs, [model.output, model.get_layer("features").output])
-    converter = tf.lite.TFLiteConverter.from_keras_model(two_outputs)
+    head_file = Path(path).with_name(HEAD_FILE)
+    if calibration is None:
+        exported = keras.Model(model.inputs, [model.output, model.get_layer("features").output])
+    else:
+        exported, heads = member_embeddings(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(exported)
     if calibration is not None:
         if not len(calibration):
             raise ValueError(f"{path}: no calibration chips for the int8 export")
@@ -98,6 +106,15 @@ def export_classifier(model, path: Path, calibration: np.ndarray | None = None) 
     # the converter prints every captured tensor to stdout; keep the stage log readable
     with contextlib.redirect_stdout(io.StringIO()):
         flat = converter.convert()
+    if calibration is None:
+        head_file.unlink(missing_ok=True)
+    else:
+        with atomic_path(head_file) as temporary, temporary.open("wb") as stream:
+            np.savez(
+                stream,
+                kernels=np.stack([np.asarray(head.kernel, np.float32) for head in heads]),
+                biases=np.stack([np.asarray(head.bias, np.float32) for head in heads]),
+            )
     with atomic_path(Path(path)) as temporary:
         temporary.write_bytes(flat)
     return Path(path)
@@ -142,6 +159,8 @@ def save_variant(folder: Path, out: Path, settings: PackageConfig) -> Path:
     artifacts = {
         "classifier": Path(folder) / CLASSIFIER_FILE,
         "model_info": Path(folder) / INFO_FILE,
+        # an int8 classifier's output layers, applied in float (export_classifier)
+        **({"head": Path(folder) / HEAD_FILE} if (Path(folder) / HEAD_FILE).is_file() else {}),
         # the detector's model file travels with the model, so serving needs no other package for it
         "detector": packaged_detector_path(settings.detector),
     }

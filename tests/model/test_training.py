@@ -302,6 +302,9 @@ def test_an_ensemble_averages_its_members_and_resumes_without_retraining_a_finis
     )
     np.testing.assert_allclose(probabilities, (first + second) / 2, atol=1e-4)
     assert embeddings.shape == (8, 1280)
+    # cut below the members' output layers (what the int8 export quantizes), it answers the same
+    # with those layers applied on the host
+    _assert_heads_on_the_host_answer_as_the_model(reloaded, chips, embeddings)
     val_accuracy = (
         predict_probabilities(model, data["val"].chips, flip=False).argmax(1) == data["val"].groups
     ).mean()
@@ -324,6 +327,21 @@ def test_an_ensemble_refuses_to_share_layers_its_members_trained_differently():
     chips = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
     mean = (np.asarray(members[0](chips)) + np.asarray(members[1](chips))) / 2
     np.testing.assert_allclose(np.asarray(unshared(chips)), mean, atol=1e-6)
+    _assert_heads_on_the_host_answer_as_the_model(unshared, chips)
+    _assert_heads_on_the_host_answer_as_the_model(members[0], chips)
+
+
+def _assert_heads_on_the_host_answer_as_the_model(model, chips, embeddings=None):
+    from agerange.model import member_embeddings
+    from agerange.predict import apply_heads
+
+    embedder, heads = member_embeddings(model)
+    kernels = np.stack([np.asarray(head.kernel) for head in heads])
+    biases = np.stack([np.asarray(head.bias) for head in heads])
+    probabilities, first_embedding = apply_heads(np.asarray(embedder(chips)), kernels, biases)
+    np.testing.assert_allclose(probabilities, np.asarray(model(chips)), atol=1e-5)
+    if embeddings is not None:
+        np.testing.assert_allclose(first_embedding, embeddings, atol=1e-4)
 
 
 def test_a_model_trained_in_mixed_precision_is_saved_as_float32_and_exports_to_tflite(tmp_path):

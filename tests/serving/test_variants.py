@@ -65,7 +65,7 @@ def test_package_exports_int8_variants_measures_each_and_serves_the_chosen_one(t
     from agerange.config import load_section
     from agerange.labels import GROUP_NAMES
     from agerange.model import build_classifier
-    from agerange.predict import AgePredictor, Classifier
+    from agerange.predict import HEAD_FILE, AgePredictor, Classifier
     from agerange.serving import package_fastest
     from tests.conftest import PROJECT_ROOT
 
@@ -88,20 +88,33 @@ def test_package_exports_int8_variants_measures_each_and_serves_the_chosen_one(t
     assert served["precision"] == precision and served["image_size"] == models[kind][1]["image_size"]
     assert AgePredictor.from_directory(tmp_path / "serving").predict_file(photos[0]).faces
 
-    # the int8 export of one model against its float export on the same chips
+    # the int8 export of a model with the age distribution head against its float export on the
+    # same chips: the output layer runs in float beside the int8 file, so the distribution's
+    # tails (about 1/AGE_BINS each) survive instead of rounding to multiples of 1/256
+    from agerange.labels import AGE_BINS
     from agerange.serving import export_variant
 
-    model, info = models["model"]
+    model = build_classifier("small_cnn", 40, Path("unused"), dropout=0.1, head="ages")
+    info = {**models["model"][1], "head": "ages"}
     export_variant(model, info, tmp_path / "f", settings)
     chips = np.random.default_rng(1).integers(0, 256, (16, 40, 40, 3)).astype(np.uint8)
     export_variant(model, info, tmp_path / "q", settings, calibration=chips)
+    assert not (tmp_path / "f" / HEAD_FILE).exists() and (tmp_path / "q" / HEAD_FILE).is_file()
     as_float = Classifier(tmp_path / "f" / "classifier.tflite")
     as_int8 = Classifier(tmp_path / "q" / "classifier.tflite")
     assert (as_float.precision, as_int8.precision) == ("float", "int8")
     assert as_int8.input["dtype"] == np.uint8 and as_int8.input["quantization"] == (1.0, 0)
-    float_probs, _ = as_float(chips, flip=True)
-    int8_probs, _ = as_int8(chips, flip=True)
-    np.testing.assert_allclose(int8_probs.sum(axis=1), 1.0, atol=0.02)
-    assert np.abs(int8_probs - float_probs).max() < 0.05
+    float_probs, float_embeddings = as_float(chips, flip=True)
+    int8_probs, int8_embeddings = as_int8(chips, flip=True)
+    assert int8_probs.shape == float_probs.shape == (16, AGE_BINS)
+    assert int8_embeddings.shape == float_embeddings.shape
+    np.testing.assert_allclose(int8_probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(int8_probs, float_probs, rtol=0.1)
+    # and the served model carries the output layers with the int8 file
+    from agerange.serving import save_variant
+
+    save_variant(tmp_path / "q", tmp_path / "served_int8", settings)
+    served = AgePredictor.from_directory(tmp_path / "served_int8").classifier
+    np.testing.assert_allclose(served(chips, flip=True)[0], int8_probs, atol=1e-6)
     with pytest.raises(ValueError, match="no calibration chips"):
         export_variant(model, info, tmp_path / "e", settings, calibration=chips[:0])

@@ -96,7 +96,7 @@ class Classifier:
         self.input = self.interpreter.get_input_details()[0]
         outputs = self.interpreter.get_output_details()
         head_file = Path(model_file).with_name(HEAD_FILE)
-        self.head = dict(np.load(head_file)) if head_file.is_file() else None
+        self.head = _read_heads(head_file, int(outputs[0]["shape"][-1])) if head_file.is_file() else None
         if self.head is not None:
             self.probabilities_index = self.features_index = outputs[0]["index"]
         else:
@@ -157,6 +157,22 @@ class Classifier:
         if not probabilities:
             return np.zeros((0, 10), np.float32), np.zeros((0, 0), np.float32)
         return np.concatenate(probabilities), np.concatenate(features)
+
+
+def _read_heads(path: Path, embedding_width: int) -> dict[str, np.ndarray]:
+    """The output layers beside an int8 classifier, checked against its embeddings' width."""
+    try:
+        with np.load(path) as saved:
+            head = {"kernels": saved["kernels"], "biases": saved["biases"]}
+    except Exception as error:  # a truncated or foreign file: zipfile, pickle or key errors
+        raise ValueError(f"{path}: unreadable output layers ({type(error).__name__}: {error})") from None
+    members, width, classes = head["kernels"].shape
+    if members * width != embedding_width or head["biases"].shape != (members, classes):
+        raise ValueError(
+            f"{path}: output layers for {members} x {width} embeddings, but the classifier gives "
+            f"{embedding_width}"
+        )
+    return head
 
 
 def apply_heads(

@@ -116,5 +116,14 @@ def test_package_exports_int8_variants_measures_each_and_serves_the_chosen_one(t
     save_variant(tmp_path / "q", tmp_path / "served_int8", settings)
     served = AgePredictor.from_directory(tmp_path / "served_int8").classifier
     np.testing.assert_allclose(served(chips, flip=True)[0], int8_probs, atol=1e-6)
+    # a damaged or mismatched head file is refused in one line, naming it
+    head_file = tmp_path / "q" / HEAD_FILE
+    np.savez(head_file, kernels=np.zeros((1, 3, AGE_BINS), np.float32), biases=np.zeros((1, AGE_BINS)))
+    with pytest.raises(ValueError, match=rf"{HEAD_FILE}: output layers for 1 x 3 embeddings, but"):
+        Classifier(tmp_path / "q" / "classifier.tflite")
+    head_file.write_bytes(b"not a numpy archive")
+    with pytest.raises(ValueError, match=rf"{HEAD_FILE}: unreadable output layers") as refused:
+        Classifier(tmp_path / "q" / "classifier.tflite")
+    assert "\n" not in str(refused.value)
     with pytest.raises(ValueError, match="no calibration chips"):
         export_variant(model, info, tmp_path / "e", settings, calibration=chips[:0])

@@ -249,6 +249,36 @@ def best_params(study: optuna.Study) -> dict[str, Any]:
     }
 
 
+def settle_dead_trials(study: optuna.Study, grace_seconds: float, poll_seconds: float = 1.0) -> list[int]:
+    """Fail the running trials of dead workers before a sweep ends; returns their numbers.
+
+    Optuna fails a trial whose heartbeat went stale only when a worker next starts a trial. A
+    worker that reaches the target while a killed worker's trial is still inside its grace
+    period would start none, and leave that trial running in the study for good. So the last
+    worker waits (at most `grace_seconds`, only while trials are running) until each running
+    trial either ends or goes stale; stale ones are failed and their params queued again
+    (`open_study`'s retry), for the next sweep that needs trials. Live workers' trials are left
+    to their workers.
+    """
+    import warnings
+
+    failed = []
+    # a little past the grace period, so that a trial that went silent just now is seen stale
+    deadline = time.monotonic() + grace_seconds + 2 * poll_seconds
+    while True:
+        running_state = (optuna.trial.TrialState.RUNNING,)
+        running = {t.number for t in study.get_trials(deepcopy=False, states=running_state)}
+        with warnings.catch_warnings():  # what Optuna runs at each trial start, marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+        failed += [number for number in running if states[number] == optuna.trial.TrialState.FAIL]
+        still_running = [number for number in running if states[number] == optuna.trial.TrialState.RUNNING]
+        if not still_running or time.monotonic() >= deadline:
+            return sorted(failed)
+        time.sleep(poll_seconds)
+
+
 def finished_trials(study: optuna.Study) -> int:
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))

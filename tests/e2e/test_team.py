@@ -162,8 +162,9 @@ def test_two_clones_sweep_one_study_the_nightly_registers_and_records_it_and_a_c
     assert second.returncode == 0, output[-3000:]
     outputs = [first.stdout.read(), output]
 
-    # each trial once in the study; the killed one failed and was retried by the other worker, and
-    # no finished trial was lost or run again
+    # each trial once in the study; the killed one failed and its params were queued again (run by
+    # the other worker when it still needed trials, else left waiting for the next sweep: the
+    # worker fails it before it ends either way), and no finished trial was lost or run again
     study = optuna.load_study(study_name="agerange", storage=study_url)
     trials = study.get_trials(deepcopy=False)
     numbers = [t.number for t in trials]

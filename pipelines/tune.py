@@ -125,7 +125,7 @@ def run_sweep(study: optuna.Study, target: int, timeout: float, tune: TuneConfig
         study.optimize(objective, timeout=timeout, gc_after_trial=True, catch=(MemoryError,),
                        callbacks=[optuna.study.MaxTrialsCallback(target, states=states)])  # fmt: skip
         # a killed worker's trial still inside its grace period would otherwise stay running
-        if failed := settle_dead_trials(study, grace_seconds=3 * tune.heartbeat_seconds):
+        if failed := settle_dead_trials(study, tune.heartbeat_seconds):
             log.info("failed the trials of workers that died: %s (their params are queued again)", failed)
             tracking.end_runs_of_failed_trials(experiment, study.study_name, set(failed))
         best = best_params(study)

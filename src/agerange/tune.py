@@ -59,6 +59,9 @@ def _removed_when_done(folder: Path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+MISSED_HEARTBEATS = 3  # a running trial silent this long is its dead worker's: failed and retried
+
+
 def open_study(
     storage_url: str, study_name: str, sampler: str, pruner: str, seed: int, heartbeat_seconds: int = 10
 ) -> optuna.Study:
@@ -75,7 +78,7 @@ def open_study(
             storage = optuna.storages.RDBStorage(
                 storage_url,
                 heartbeat_interval=heartbeat_seconds,
-                grace_period=3 * heartbeat_seconds,
+                grace_period=MISSED_HEARTBEATS * heartbeat_seconds,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                 engine_kwargs={"pool_pre_ping": True},
             )
@@ -249,22 +252,22 @@ def best_params(study: optuna.Study) -> dict[str, Any]:
     }
 
 
-def settle_dead_trials(study: optuna.Study, grace_seconds: float, poll_seconds: float = 1.0) -> list[int]:
+def settle_dead_trials(study: optuna.Study, heartbeat_seconds: float, poll_seconds: float = 1.0) -> list[int]:
     """Fail the running trials of dead workers before a sweep ends; returns their numbers.
 
     Optuna fails a trial whose heartbeat went stale only when a worker next starts a trial. A
     worker that reaches the target while a killed worker's trial is still inside its grace
     period would start none, and leave that trial running in the study for good. So the last
-    worker waits (at most `grace_seconds`, only while trials are running) until each running
-    trial either ends or goes stale; stale ones are failed and their params queued again
-    (`open_study`'s retry), for the next sweep that needs trials. Live workers' trials are left
-    to their workers.
+    worker waits (at most the grace period, MISSED_HEARTBEATS of the study's heartbeats, and
+    only while trials are running) until each running trial either ends or goes stale; stale
+    ones are failed and their params queued again (`open_study`'s retry), for the next sweep
+    that needs trials. Live workers' trials are left to their workers.
     """
     import warnings
 
     failed = []
     # a little past the grace period, so that a trial that went silent just now is seen stale
-    deadline = time.monotonic() + grace_seconds + 2 * poll_seconds
+    deadline = time.monotonic() + MISSED_HEARTBEATS * heartbeat_seconds + 2 * poll_seconds
     while True:
         running_state = (optuna.trial.TrialState.RUNNING,)
         running = {t.number for t in study.get_trials(deepcopy=False, states=running_state)}

@@ -90,7 +90,7 @@ def test_a_sweep_that_ends_fails_a_dead_workers_trial_and_queues_it_again_but_le
     beating = threading.Thread(target=beat)
     beating.start()
     try:
-        assert settle_dead_trials(study, grace_seconds=6, poll_seconds=0.5) == [dead.number]
+        assert settle_dead_trials(study, heartbeat_seconds=2, poll_seconds=0.5) == [dead.number]
     finally:
         stop.set()
         beating.join()
@@ -110,4 +110,4 @@ def test_a_sweep_that_ends_fails_a_dead_workers_trial_and_queues_it_again_but_le
         raise AssertionError(f"waited {seconds} s with no trial running")
 
     monkeypatch.setattr(time, "sleep", no_waiting)
-    assert settle_dead_trials(study, grace_seconds=6) == []
+    assert settle_dead_trials(study, heartbeat_seconds=2) == []

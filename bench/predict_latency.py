@@ -14,6 +14,11 @@ Three tables:
                   in float): one at a time (1 thread, batches of 1 photo) vs the pipelined
                   stream that `agerange predict` uses (decode and detect in threads while the
                   faces of the previous batch are classified together)
+  5. fidelity   - each variant's outputs against the trained model in float (and an int8
+                  export against its own float one) on the same faces: --fidelity-chips
+                  validation chips and the faces of --photos, with the default predict settings:
+                  answers changed (age group, FairFace range), expected-age distance, outputs
+                  that are exactly 0 and the range of the sums (serving.output_fidelity)
 
 The variants are exported here from data/model and data/student by the package stage's own
 functions (float, and int8 calibrated on the same training photos), so the bench needs only
@@ -53,6 +58,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=60, help="photos per latency row")
     parser.add_argument("--batch-chips", type=int, default=1024)
     parser.add_argument("--naive-chips", type=int, default=64)
+    parser.add_argument("--fidelity-chips", type=int, default=800, help="validation chips for table 5")
     args = parser.parse_args()
     setup_logging()  # before TensorFlow is imported: it quiets the notices a CPU run prints
 
@@ -61,7 +67,7 @@ def main() -> None:
     from agerange.faces import CHIP_SIZE, FaceDetector, align_face, select_faces
     from agerange.predict import AgePredictor, find_photos
     from agerange.preprocess import chip_pixels, read_image
-    from agerange.serving import calibration_sample, export_variants
+    from agerange.serving import REFERENCE_VARIANT, calibration_sample, export_variants, output_fidelity
 
     settings = load_section("package")
     photos, _ = find_photos([args.photos])
@@ -187,6 +193,43 @@ def main() -> None:
         folder_rates["one at a time"]
     )
     print(f"stream {ratio:.2f}x one at a time\n")
+
+    # 5. fidelity: the same faces through each variant, against the float reference
+    splits = pd.read_parquet(args.splits)
+    val_paths = splits[splits["split"] == "val"]["path"][: args.fidelity_chips]
+    face_sets = {"validation chips": [read_image(args.chips / path) for path in val_paths], "photo faces": []}
+    for image in (read_image(data, name) for name, data in payloads):
+        faces, _ = select_faces(find(image), first.min_face_pixels)  # every face predict classifies
+        face_sets["photo faces"] += [align_face(image, face, CHIP_SIZE) for face in faces]
+    outputs = {
+        (way, faces_name): predictor.classifier(
+            np.stack([chip_pixels(chip, predictor.image_size) for chip in chips]), flip=settings.flip
+        )[0]
+        for way, predictor in predictors.items()
+        for faces_name, chips in face_sets.items()
+    }
+    print(
+        f"\n5. Fidelity: {len(face_sets['validation chips'])} validation chips and "
+        f"{len(face_sets['photo faces'])} faces of {len(payloads)} photos, "
+        f"mirror average {settings.flip}, neighbour weight {settings.neighbour_weight}"
+    )
+    print(
+        f"{'variant':<14} {'against':<14} {'faces':<17} {'group changed':>13} {'range changed':>13} "
+        f"{'age, years':>10} {'zero outputs':>12} {'sums':>13}"
+    )
+    pairs = [(way, REFERENCE_VARIANT) for way in predictors if way != REFERENCE_VARIANT]
+    pairs += [(way, way.replace("int8", "float")) for way in predictors if way == "student int8"]
+    for way, reference in pairs:
+        for faces_name in face_sets:
+            figures = output_fidelity(
+                outputs[reference, faces_name], outputs[way, faces_name], settings.neighbour_weight
+            )
+            print(
+                f"{way:<14} {reference:<14} {faces_name:<17} {figures['group_changed']:>13.1%} "
+                f"{figures['range_changed']:>13.1%} {figures['expected_age_years']:>10.2f} "
+                f"{figures['zero_outputs']:>12.1%} {figures['lowest_sum']:>6.3f}-{figures['highest_sum']:.3f}"
+            )
+    print()
 
     for way, rate in rates.items():
         mark = "  <- served" if way == served else ""

@@ -30,6 +30,8 @@ from agerange.config import PackageConfig
 from agerange.drift import new_photo_accuracy
 from agerange.faces import packaged_detector_path
 from agerange.files import atomic_path
+from agerange.inference import decide_groups, expected_ages, group_probabilities, range_probabilities
+from agerange.metrics import FAIRFACE_RANGES
 from agerange.model import member_embeddings
 from agerange.predict import (
     CLASSIFIER_FILE,
@@ -235,6 +237,33 @@ def choose_variant(val: dict[str, dict[str, float]], max_loss: float) -> str:
         if figures and all(figures.get(key, -1.0) >= reference[key] - max_loss for key in keys):
             return name
     return REFERENCE_VARIANT
+
+
+def output_fidelity(reference: np.ndarray, variant: np.ndarray, neighbour_weight: float) -> dict[str, float]:
+    """How far a variant's outputs stray from the reference's on the same chips (N, K each), in
+    what a user sees: answers that change (age group, FairFace range, both decided as predict
+    decides them), how many years the expected age moves, and whether each row is still a
+    distribution (sums, bins that are exactly 0: an int8 softmax rounds to steps of 1/256).
+    """
+    reference, variant = np.asarray(reference, np.float32), np.asarray(variant, np.float32)
+    if reference.shape != variant.shape or not len(reference):
+        raise ValueError(f"outputs to compare: shapes {reference.shape} and {variant.shape}")
+    groups = [decide_groups(group_probabilities(out), neighbour_weight) for out in (reference, variant)]
+    ranges = [
+        decide_groups(range_probabilities(out, FAIRFACE_RANGES), neighbour_weight)
+        for out in (reference, variant)
+    ]
+    sums = variant.sum(axis=1)
+    return {
+        "group_changed": float(np.mean(groups[0] != groups[1])),
+        "range_changed": float(np.mean(ranges[0] != ranges[1])),
+        "expected_age_years": float(np.mean(np.abs(expected_ages(reference) - expected_ages(variant)))),
+        "largest_output_difference": float(np.abs(reference - variant).max()),
+        "zero_outputs": float(np.mean(variant == 0)),
+        "reference_zero_outputs": float(np.mean(reference == 0)),
+        "lowest_sum": float(sums.min()),
+        "highest_sum": float(sums.max()),
+    }
 
 
 def measure_variant(

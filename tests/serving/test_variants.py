@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agerange.serving import VARIANTS_FASTEST_FIRST, choose_variant
+from agerange.labels import AGE_BINS
+from agerange.serving import VARIANTS_FASTEST_FIRST, choose_variant, output_fidelity
 from tests.conftest import FAIRFACE
 
 
@@ -54,6 +55,30 @@ def test_the_rule_also_holds_each_variant_to_the_labelled_new_photos_when_they_w
 
 
 @pytest.mark.slow
+def _ages(*ages: int) -> np.ndarray:
+    """Distribution-head outputs with all the mass on one year per row."""
+    return np.eye(AGE_BINS, dtype=np.float32)[list(ages)]
+
+
+def test_fidelity_counts_the_answers_a_variant_changes_and_rows_that_stop_being_distributions():
+    reference = _ages(30, 30, 5, 70)
+    # row 0: 30 -> 34 stays in its group (Adult 25-34) and range (30-39); row 1: 30 -> 24 changes
+    # both; row 3 loses 2% of its mass
+    variant = _ages(34, 24, 5, 70)
+    variant[3] *= 0.98
+    figures = output_fidelity(reference, variant, neighbour_weight=0.0)
+    assert figures["group_changed"] == 0.25
+    assert figures["range_changed"] == 0.25
+    assert figures["expected_age_years"] == pytest.approx((4 + 6 + 0 + 70 * 0.02) / 4, abs=1e-4)
+    assert figures["lowest_sum"] == pytest.approx(0.98) and figures["highest_sum"] == 1.0
+    assert figures["zero_outputs"] == pytest.approx(1 - 1 / AGE_BINS)
+    assert figures["largest_output_difference"] == 1.0
+    same = output_fidelity(reference, reference.copy(), neighbour_weight=0.5)
+    assert same["group_changed"] == same["range_changed"] == same["expected_age_years"] == 0.0
+    with pytest.raises(ValueError, match="shapes"):
+        output_fidelity(reference, variant[:, :10], 0.0)
+
+
 def test_package_exports_int8_variants_measures_each_and_serves_the_chosen_one(tmp_path):
     """Two small CNNs (model and student, another input size) through the real exports, the
     real predict path on real photos, and the rule; the int8 file reads uint8 pixels and answers

@@ -8,7 +8,8 @@ Three tables:
   2. latency    - one-face photos, from JPEG bytes to age ranges (decode, detect, align,
                   classify): p50 and p95 per stage and in total, per variant; target p50 <= 5 ms
   3. throughput - face chips at each variant's input size, classified in batches with the
-                  default predict settings (the mirror-image average when package.flip) and
+                  default predict settings (the mirror-image average when package.flip, for
+                  the faces less sure than package.flip_margin), with every face mirrored and
                   without the mirror; target >= 1,400 chips/s
   4. a folder   - every photo of --photos through the served-like predictor (the trained model
                   in float): one at a time (1 thread, batches of 1 photo) vs the pipelined
@@ -38,6 +39,8 @@ import numpy as np
 import pandas as pd
 
 from agerange.config import load_section, setup_logging
+
+STAGES = ("decode", "detect", "align", "classify", "total")
 
 
 def percentiles(samples: list[float]) -> str:
@@ -114,9 +117,9 @@ def main() -> None:
     one_face = [(n, d) for n, d in payloads if len(find(read_image(d, n))) == 1][: args.n]
     print(
         f"\n2. Latency per one-face photo ({len(one_face)} photos), JPEG bytes to age range, "
-        f"mirror average {settings.flip}"
+        f"mirror average {settings.flip} (margin {settings.flip_margin})"
     )
-    print(f"{'way':<20} {'stage':<9} {'p50 ms':>7} {'p95 ms':>7}   validation accuracy / within one")
+    print(f"{'way':<20} {'stage':<20} {'p50 ms':>7} {'p95 ms':>7}   validation accuracy / within one")
     totals = {}
     ways = {
         "naive model.predict": ("model", None),
@@ -124,7 +127,7 @@ def main() -> None:
     }
     for way, (kind, predictor) in ways.items():
         size = (predictor or predictors[f"{kind} float"]).image_size
-        stages = {"decode": [], "detect": [], "align": [], "classify": [], "total": []}
+        stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
         for index, (name, data) in enumerate(one_face + one_face[:1]):
             t0 = time.perf_counter()
             image = read_image(data, name)
@@ -136,17 +139,25 @@ def main() -> None:
             if predictor is None:
                 keras_models[kind].predict(chips.astype(np.float32), verbose=0)
             else:
-                predictor.classifier(chips, flip=predictor.flip)
+                predictor.probabilities(chips)
             t4 = time.perf_counter()
+            # the classify stage again, side by side: every face mirrored, and none (not in the total)
+            others = []
+            for flip in (True, False) if predictor is not None else ():
+                start = time.perf_counter()
+                predictor.classifier(chips, flip=flip)
+                others.append(time.perf_counter() - start)
             if index == 0:
                 continue  # the first call of each way pays one-time set-up
-            for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
+            for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
                 stages[stage].append(seconds)
+            for stage, seconds in zip(("classify, mirror all", "classify, no mirror"), others, strict=False):
+                stages.setdefault(stage, []).append(seconds)
         totals[way] = float(np.median(stages["total"]))
         figures = accuracy.get(way)
         known = f"   {figures['accuracy']:.3f} / {figures['within_one']:.3f}" if figures else ""
         for stage, samples in stages.items():
-            print(f"{way:<20} {stage:<9} {percentiles(samples)}{known if stage == 'total' else ''}")
+            print(f"{way:<20} {stage:<20} {percentiles(samples)}{known if stage == 'total' else ''}")
     for way, total in totals.items():
         ratio = totals["naive model.predict"] / total
         mark = "  <- served" if way == served else ""
@@ -154,20 +165,31 @@ def main() -> None:
 
     # 3. batch throughput on face chips at each variant's input size
     chip_files = sorted(args.chips.rglob("*.jpg"))[: args.batch_chips]
-    print(f"\n3. Throughput on {len(chip_files)} face chips (batches of 64)")
-    print(f"{'way':<22} {'size':>5} {'chips/s, mirror':>16} {'chips/s, none':>14}")
+    print(f"\n3. Throughput on {len(chip_files)} face chips (batches of 64), chips/s")
+    margin = f"margin < {settings.flip_margin}"
+    print(f"{'way':<22} {'size':>5} {'mirror every face':>18} {'mirror if ' + margin:>22} {'no mirror':>10}")
     decoded = [read_image(p) for p in chip_files]
     rates = {}
     for way, predictor in predictors.items():
         chips = np.stack([chip_pixels(image, predictor.image_size) for image in decoded])
         predictor.classifier(chips[:64], flip=True)  # warm-up at this batch size
+        modes = (
+            {"flip": True},
+            {
+                "flip": True,
+                "flip_margin": settings.flip_margin,
+                "neighbour_weight": settings.neighbour_weight,
+            },
+            {"flip": False},
+        )
         row = []
-        for flip in (True, False):
+        for mode in modes:
             start = time.perf_counter()
-            predictor.classifier(chips, flip=flip, batch_size=64)
+            predictor.classifier(chips, batch_size=64, **mode)
             row.append(len(chips) / (time.perf_counter() - start))
-        rates[way] = row[0] if settings.flip else row[1]
-        print(f"{way:<22} {predictor.image_size:>5} {row[0]:>16.0f} {row[1]:>14.0f}")
+        # the default settings: package.flip, and package.flip_margin when it is set
+        rates[way] = row[2] if not settings.flip else row[0] if settings.flip_margin is None else row[1]
+        print(f"{way:<22} {predictor.image_size:>5} {row[0]:>18.0f} {row[1]:>22.0f} {row[2]:>10.0f}")
     size = predictors["model float"].image_size
     naive = np.stack([chip_pixels(image, size) for image in decoded[: args.naive_chips]]).astype(np.float32)
     keras_models["model"].predict(naive[:1], verbose=0)
@@ -202,8 +224,8 @@ def main() -> None:
         faces, _ = select_faces(find(image), first.min_face_pixels)  # every face predict classifies
         face_sets["photo faces"] += [align_face(image, face, CHIP_SIZE) for face in faces]
     outputs = {
-        (way, faces_name): predictor.classifier(
-            np.stack([chip_pixels(chip, predictor.image_size) for chip in chips]), flip=settings.flip
+        (way, faces_name): predictor.probabilities(
+            np.stack([chip_pixels(chip, predictor.image_size) for chip in chips])
         )[0]
         for way, predictor in predictors.items()
         for faces_name, chips in face_sets.items()
@@ -211,7 +233,8 @@ def main() -> None:
     print(
         f"\n5. Fidelity: {len(face_sets['validation chips'])} validation chips and "
         f"{len(face_sets['photo faces'])} faces of {len(payloads)} photos, "
-        f"mirror average {settings.flip}, neighbour weight {settings.neighbour_weight}"
+        f"mirror average {settings.flip} (margin {settings.flip_margin}), "
+        f"neighbour weight {settings.neighbour_weight}"
     )
     print(
         f"{'variant':<14} {'against':<14} {'faces':<17} {'group changed':>13} {'range changed':>13} "

@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from agerange import tracking
-from agerange.config import load_section, setup_logging
+from agerange.config import PackageConfig, load_section, setup_logging
 from agerange.evaluate import (
     LOWEST_DETECTOR_SCORE,
     detector_conditions,
@@ -40,7 +40,7 @@ def main() -> None:
     # the served model's flip and decision rule, so these figures are the predict path's
     package = load_section("package")
     splits = pd.read_parquet(args.splits)
-    val, test = _predict(args.model, splits, args.images, package.flip)
+    val, test = _predict(args.model, splits, args.images, package)
     detector = FaceDetector(package.detector, min_score=LOWEST_DETECTOR_SCORE)
     val, test = (_measure_faces(*predicted, args.images, detector) for predicted in (val, test))
     val_metrics, val_tables = evaluate(*val, package.neighbour_weight)
@@ -62,7 +62,9 @@ def main() -> None:
 Predicted = tuple[pd.DataFrame, np.ndarray]  # a split's rows and their group probabilities
 
 
-def _predict(model_dir: Path, splits: pd.DataFrame, images: Path, flip: bool) -> tuple[Predicted, Predicted]:
+def _predict(
+    model_dir: Path, splits: pd.DataFrame, images: Path, package: PackageConfig
+) -> tuple[Predicted, Predicted]:
     """Rows and group probabilities of the validation and the test split."""
     import keras
 
@@ -72,7 +74,14 @@ def _predict(model_dir: Path, splits: pd.DataFrame, images: Path, flip: bool) ->
     for side in ("val", "test"):
         rows = splits[splits["split"] == side].reset_index(drop=True)
         chips = load_split(rows, images, info["image_size"]).chips
-        predicted.append((rows, predict_probabilities(model, chips, flip=flip)))
+        outputs = predict_probabilities(
+            model,
+            chips,
+            flip=package.flip,
+            flip_margin=package.flip_margin,
+            neighbour_weight=package.neighbour_weight,
+        )
+        predicted.append((rows, outputs))
     return predicted[0], predicted[1]
 
 

@@ -160,6 +160,9 @@ class PackageConfig:
     min_detector_score: float = 0.6
     min_face_pixels: int = 32
     flip: bool = True
+    # with flip: mirror only the faces whose answer leads the runner-up by less than this
+    # (inference.decision_margin); None mirrors every face (a package saved without it)
+    flip_margin: float | None = None
     neighbour_weight: float = 0.5
     # the package stage serves the fastest variant (int8, distilled student) whose validation
     # accuracy and within-one accuracy each lose at most this much against the trained model
@@ -172,6 +175,8 @@ class PackageConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.max_accuracy_loss < 1:
             raise ConfigError(f"package.max_accuracy_loss: {self.max_accuracy_loss} is not a share in [0, 1)")
+        if self.flip_margin is not None and not self.flip_margin >= 0:
+            raise ConfigError(f"package.flip_margin: {self.flip_margin} is negative (a margin is 0 or more)")
         if self.calibration_photos < 1:
             raise ConfigError(f"package.calibration_photos: {self.calibration_photos} must be at least 1")
         if self.ranges is not None:

@@ -6,7 +6,7 @@ group, range and interval probabilities are exact sums of its bins. Everything d
 either: training (probe, validation), evaluation, predict, serving, drift and tests call these.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -99,12 +99,51 @@ def decide_groups(probabilities: np.ndarray, neighbour_weight: float = 0.0) -> n
     highest expected (exact + within-one) / 2: p(g) + (p(g-1) + p(g) + p(g+1)), halved, is
     p(g) + 0.5 * (p(g-1) + p(g+1)). 1 maximises within-one alone.
     """
+    return _decision_scores(probabilities, neighbour_weight).argmax(axis=1)
+
+
+def _decision_scores(probabilities: np.ndarray, neighbour_weight: float) -> np.ndarray:
     probabilities = np.asarray(probabilities, dtype=np.float32)
     if not neighbour_weight:
-        return probabilities.argmax(axis=1)
+        return probabilities
     padded = np.pad(probabilities, ((0, 0), (1, 1)))
-    scores = probabilities + neighbour_weight * (padded[:, :-2] + padded[:, 2:])
-    return scores.argmax(axis=1)
+    return probabilities + neighbour_weight * (padded[:, :-2] + padded[:, 2:])
+
+
+def decision_margin(outputs: np.ndarray, neighbour_weight: float = 0.0) -> np.ndarray:
+    """How sure the answer is, per row of either head's outputs: the answered age group's
+    decision score (`decide_groups`) minus the runner-up's; 0 is a tie."""
+    scores = _decision_scores(group_probabilities(outputs), neighbour_weight)
+    runner_up, best = np.partition(scores, -2, axis=1)[:, -2:].T
+    return best - runner_up
+
+
+def mirror_average(
+    outputs: np.ndarray,
+    mirrored_outputs: Callable[[np.ndarray], np.ndarray],
+    flip_margin: float | None = None,
+    neighbour_weight: float = 0.0,
+) -> np.ndarray:
+    """`outputs` averaged with those of the mirrored chips (test-time augmentation), for every
+    row, or with `flip_margin` only for rows whose `decision_margin` is below it: a face the
+    model is sure of keeps its answer without paying for a second pass.
+
+    Args:
+        outputs: the chips' outputs (N, K).
+        mirrored_outputs: from row indices to the outputs of those chips mirrored.
+        flip_margin: None mirrors every row; 0 none.
+        neighbour_weight: the decision rule the margin is measured in.
+    """
+    outputs = np.asarray(outputs, dtype=np.float32)
+    if flip_margin is None:
+        rows = np.arange(len(outputs))
+    else:
+        rows = np.flatnonzero(decision_margin(outputs, neighbour_weight) < flip_margin)
+    if not len(rows):
+        return outputs
+    averaged = outputs.copy()
+    averaged[rows] = (outputs[rows] + np.asarray(mirrored_outputs(rows), dtype=np.float32)) / 2
+    return averaged
 
 
 def decode_probabilities(
@@ -120,7 +159,14 @@ def group_name(index: int) -> str:
     return f"{name} ({range_name(lowest, highest)})"
 
 
-def predict_probabilities(forward, chips: np.ndarray, batch_size: int = 128, flip: bool = True) -> np.ndarray:
+def predict_probabilities(
+    forward,
+    chips: np.ndarray,
+    batch_size: int = 128,
+    flip: bool = True,
+    flip_margin: float | None = None,
+    neighbour_weight: float = 0.0,
+) -> np.ndarray:
     """Model outputs for uint8 chips (N, S, S, 3), averaged with the mirrored chip when `flip`.
 
     Args:
@@ -129,12 +175,15 @@ def predict_probabilities(forward, chips: np.ndarray, batch_size: int = 128, fli
         chips: face chips as produced by `preprocess.chip_pixels`.
         batch_size: chips per forward call.
         flip: test-time augmentation with the horizontal mirror (faces are near-symmetric).
+        flip_margin, neighbour_weight: mirror only the chips whose answer is less sure than
+            this (`mirror_average`); None mirrors every chip.
     """
     outputs = []
     for start in range(0, len(chips), batch_size):
         batch = chips[start : start + batch_size].astype(np.float32)
         probabilities = np.asarray(forward(batch), dtype=np.float32)
         if flip:
-            probabilities = (probabilities + np.asarray(forward(batch[:, :, ::-1]), dtype=np.float32)) / 2
+            mirrored = lambda rows, batch=batch: forward(batch[rows, :, ::-1])  # noqa: E731
+            probabilities = mirror_average(probabilities, mirrored, flip_margin, neighbour_weight)
         outputs.append(probabilities)
     return np.concatenate(outputs) if outputs else np.zeros((0, len(GROUP_NAMES)), dtype=np.float32)

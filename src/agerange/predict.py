@@ -32,6 +32,7 @@ from agerange.inference import (
     decode_probabilities,
     group_name,
     group_probabilities,
+    mirror_average,
     range_name,
     range_probabilities,
 )
@@ -136,22 +137,30 @@ class Classifier:
         )
 
     def __call__(
-        self, chips: np.ndarray, flip: bool = True, batch_size: int = 64
+        self,
+        chips: np.ndarray,
+        flip: bool = True,
+        batch_size: int = 64,
+        flip_margin: float | None = None,
+        neighbour_weight: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, 10) and embeddings (N, D) for uint8 chips (N, S, S, 3).
 
-        With `flip`, each chip and its mirror image go through in the same batch and their
-        probabilities are averaged (the same test-time augmentation evaluation uses).
+        With `flip`, the probabilities are averaged with the mirror image's (the test-time
+        augmentation evaluation uses): for every chip, in the same batch, or with `flip_margin`
+        only for the chips whose answer is less sure than that (`inference.mirror_average`).
         """
         probabilities, features = [], []
         for start in range(0, len(chips), batch_size):
             batch = chips[start : start + batch_size]
-            if flip:
-                batch = np.concatenate([batch, batch[:, :, ::-1]])
-            probs, feats = self._run(batch)
-            if flip:
-                half = len(batch) // 2
-                probs, feats = (probs[:half] + probs[half:]) / 2, feats[:half]
+            if flip and flip_margin is None:
+                probs, feats = self._run(np.concatenate([batch, batch[:, :, ::-1]]))
+                probs, feats = (probs[: len(batch)] + probs[len(batch) :]) / 2, feats[: len(batch)]
+            else:
+                probs, feats = self._run(batch)
+                if flip:
+                    mirrored = lambda rows, batch=batch: self._run(batch[rows, :, ::-1])[0]  # noqa: E731
+                    probs = mirror_average(probs, mirrored, flip_margin, neighbour_weight)
             probabilities.append(probs)
             features.append(feats)
         if not probabilities:
@@ -218,6 +227,7 @@ class AgePredictor:
         self.detector = detector
         self.min_face_pixels = settings.min_face_pixels
         self.flip = settings.flip
+        self.flip_margin = settings.flip_margin  # mirror only the faces less sure than this
         self.neighbour_weight = settings.neighbour_weight  # the decision rule (inference.decide_groups)
         self.ranges = settings.range_list()
         self.image_size = int(info["image_size"])
@@ -290,12 +300,19 @@ class AgePredictor:
         faces, skipped, chips = self.face_chips(image)
         return PreparedPhoto(label, image, faces, skipped, chips)
 
+    def probabilities(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The classifier's outputs and embeddings for model-size chips, with this predictor's
+        mirror-image settings (not thread-safe: `classify` holds the lock)."""
+        return self.classifier(
+            chips, flip=self.flip, flip_margin=self.flip_margin, neighbour_weight=self.neighbour_weight
+        )
+
     def classify(self, prepared: list[PreparedPhoto]) -> list[tuple[PhotoPrediction, np.ndarray]]:
         """Predictions and face embeddings for prepared photos: all their faces in one batch."""
         chips = [photo.chips for photo in prepared if photo.chips is not None and len(photo.chips)]
         if chips:
             with self._lock:
-                probabilities, embeddings = self.classifier(np.concatenate(chips), flip=self.flip)
+                probabilities, embeddings = self.probabilities(np.concatenate(chips))
         answers, start = [], 0
         for photo in prepared:
             count = 0 if photo.chips is None else len(photo.chips)

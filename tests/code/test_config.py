@@ -57,6 +57,12 @@ def test_a_mistyped_value_is_refused_and_yaml_exponents_are_read_as_numbers(tmp_
     assert load_section("train", _params_with(tmp_path, "train", dropout="1e-1")).dropout == 0.1
 
 
+def test_a_negative_mirror_margin_is_refused_and_null_mirrors_every_face(tmp_path):
+    with pytest.raises(ConfigError, match=r"package\.flip_margin: -0\.1 is negative"):
+        load_section("package", _params_with(tmp_path, "package", flip_margin=-0.1))
+    assert load_section("package", _params_with(tmp_path, "package", flip_margin=None)).flip_margin is None
+
+
 def test_the_study_best_and_a_trial_resolve_through_one_function(tmp_path):
     train, rebalance = load_section("train", PARAMS), load_section("rebalance", PARAMS)
     resolved = resolve(train, rebalance, {"dropout": 0.25, "rebalance_strategy": "none"})

@@ -131,6 +131,40 @@ def test_flip_averaging_calls_the_model_on_the_mirror():
     assert predict_probabilities(forward, chips, flip=False)[0, 0] == pytest.approx(1.0)
 
 
+def test_the_mirror_is_averaged_in_only_where_the_answer_is_less_sure_than_the_margin():
+    from agerange.inference import decision_margin, mirror_average
+    from agerange.labels import AGE_BINS
+
+    outputs = np.zeros((3, 10), np.float32)
+    outputs[0, :2] = 0.9, 0.1  # sure either way
+    outputs[1, :2] = 0.5, 0.45  # nearly a tie either way
+    outputs[2, :4] = 0.3, 0.35, 0.3, 0.05  # a near tie that the neighbour rule makes clear
+    assert decision_margin(outputs) == pytest.approx([0.8, 0.05, 0.05], abs=1e-6)
+    # weight 0.5: row 0 scores 0.95, 0.55; row 1 0.725, 0.7; row 2 0.475, 0.65, 0.5, 0.2
+    assert decision_margin(outputs, 0.5) == pytest.approx([0.4, 0.025, 0.15], abs=1e-6)
+    ages = np.zeros((1, AGE_BINS), np.float32)
+    ages[0, 30] = 1.0  # a distribution head's answer is measured on its groups
+    assert decision_margin(ages) == pytest.approx([1.0], abs=1e-6)
+
+    asked = []
+
+    def mirrored(rows):
+        asked.append(rows.tolist())
+        return np.full((len(rows), 10), 0.1, np.float32)
+
+    averaged = mirror_average(outputs, mirrored, flip_margin=0.1)
+    assert asked == [[1, 2]]
+    np.testing.assert_array_equal(averaged[0], outputs[0])
+    np.testing.assert_allclose(averaged[1:], (outputs[1:] + 0.1) / 2)
+    mirror_average(outputs, mirrored, flip_margin=0.1, neighbour_weight=0.5)
+    assert asked[-1] == [1]  # the margin is measured in the decision rule's scores
+    mirror_average(outputs, mirrored, flip_margin=None)
+    assert asked[-1] == [0, 1, 2]
+    asked.clear()
+    np.testing.assert_array_equal(mirror_average(outputs, mirrored, flip_margin=0.0), outputs)
+    assert asked == []  # nothing is less sure than a margin of 0: no second pass at all
+
+
 def test_condition_slices_cover_every_image_and_find_where_accuracy_falls():
     from agerange.evaluate import (
         IMAGE_CONDITIONS,

@@ -168,11 +168,48 @@ def test_the_answer_follows_the_decision_rule_in_the_settings(packaged_model):
     for weight in (0.0, 0.5, 1.0):
         predictor = AgePredictor.from_directory(packaged_model, neighbour_weight=weight)
         _, _, chips = predictor.face_chips(image)
-        probabilities, _ = predictor.classifier(chips, flip=predictor.flip)
+        probabilities, _ = predictor.probabilities(chips)
         result, _ = predictor.predict_image(image, "face")
         answers[weight] = [face.group_index for face in result.faces]
         assert answers[weight] == decide_groups(probabilities, weight).tolist()
     assert answers[0.0] != answers[1.0]  # this face's answer depends on the rule
+
+
+def test_only_faces_less_sure_than_the_margin_pay_for_the_mirror_and_they_get_the_full_average(
+    packaged_model,
+):
+    """The packaged TFLite classifier with params.yaml's package.flip_margin: a face whose answer
+    leads by the margin or more keeps its first answer, the others get exactly the average with
+    their mirror image that mirroring every face gives."""
+    import numpy as np
+
+    from agerange.config import load_section
+    from agerange.inference import decision_margin
+    from agerange.predict import AgePredictor
+
+    predictor = AgePredictor.from_directory(packaged_model)
+    assert predictor.flip and predictor.flip_margin == load_section("package").flip_margin is not None
+    chips = np.concatenate(
+        [
+            predictor.face_chips(Image.open(photo).convert("RGB"))[2]
+            for photo in sorted(FAIRFACE.glob("*.jpg"))[:12]
+        ]
+    )
+    plain, _ = predictor.classifier(chips, flip=False)
+    every, _ = predictor.classifier(chips, flip=True)
+    weight = predictor.neighbour_weight
+    margin = float(np.median(decision_margin(plain, weight)))  # this untrained model is never sure
+    unsure = decision_margin(plain, weight) < margin
+    assert 0 < unsure.sum() < len(chips)
+    adaptive, embeddings = predictor.classifier(chips, flip=True, flip_margin=margin, neighbour_weight=weight)
+    np.testing.assert_allclose(adaptive[unsure], every[unsure], atol=1e-6)
+    np.testing.assert_allclose(adaptive[~unsure], plain[~unsure], atol=1e-6)
+    assert embeddings.shape[0] == len(chips)
+    # the predictor's own call is the classifier with its settings
+    np.testing.assert_allclose(
+        predictor.probabilities(chips)[0],
+        predictor.classifier(chips, flip=True, flip_margin=predictor.flip_margin, neighbour_weight=weight)[0],
+    )
 
 
 def test_a_range_scheme_in_params_reaches_the_answer_of_a_distribution_head_model(tmp_path, capsys):
@@ -208,7 +245,7 @@ def test_a_range_scheme_in_params_reaches_the_answer_of_a_distribution_head_mode
 
     predictor = AgePredictor.from_directory(tmp_path / "serving")
     _, _, chips = predictor.face_chips(Image.open(photo).convert("RGB"))
-    outputs, _ = predictor.classifier(chips, flip=predictor.flip)
+    outputs, _ = predictor.probabilities(chips)
     assert outputs.shape[1] == 101
     expected = range_probabilities(outputs, [(0, 17), (18, 64), (65, None)])[0]
     chosen = ["0-17", "18-64", "65+"].index(face["age_range"])

@@ -40,7 +40,8 @@ def model_card(
         f"{info.get('ensemble_members', 1)} member(s), "
         f"{HEAD_WORDS.get(info.get('head', 'groups'), '')}, "
         "fine-tuned in two phases on UTKFace chips with real-photo variants; face detection BlazeFace, "
-        "alignment like a UTKFace chip, TFLite classifier averaged with the mirror image.",
+        "alignment like a UTKFace chip, TFLite classifier averaged with the mirror image where its "
+        "answer is not already sure (`package.flip_margin`).",
         "", "## Data", "",
         "UTKFace (aligned 200 x 200 chips, ages from file names), split by age group x ethnicity; "
         "models are chosen on the validation split (and the labelled new photos), the test split "

@@ -30,6 +30,7 @@ the pipeline's outputs.
 """
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -127,7 +128,9 @@ def main() -> None:
     }
     for way, (kind, predictor) in ways.items():
         size = (predictor or predictors[f"{kind} float"]).image_size
-        stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
+        # with a packaged variant, the classify stage again, side by side (not in the total)
+        others = ("classify, mirror all", "classify, no mirror") if predictor is not None else ()
+        stages: dict[str, list[float]] = {stage: [] for stage in (*STAGES, *others)}
         for index, (name, data) in enumerate(one_face + one_face[:1]):
             t0 = time.perf_counter()
             image = read_image(data, name)
@@ -141,18 +144,16 @@ def main() -> None:
             else:
                 predictor.probabilities(chips)
             t4 = time.perf_counter()
-            # the classify stage again, side by side: every face mirrored, and none (not in the total)
-            others = []
-            for flip in (True, False) if predictor is not None else ():
+            again = []
+            for flip in (True, False)[: len(others)]:
                 start = time.perf_counter()
                 predictor.classifier(chips, flip=flip)
-                others.append(time.perf_counter() - start)
+                again.append(time.perf_counter() - start)
             if index == 0:
                 continue  # the first call of each way pays one-time set-up
-            for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
+            measured = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, *again)
+            for stage, seconds in zip(stages, measured, strict=True):
                 stages[stage].append(seconds)
-            for stage, seconds in zip(("classify, mirror all", "classify, no mirror"), others, strict=False):
-                stages.setdefault(stage, []).append(seconds)
         totals[way] = float(np.median(stages["total"]))
         figures = accuracy.get(way)
         known = f"   {figures['accuracy']:.3f} / {figures['within_one']:.3f}" if figures else ""
@@ -166,29 +167,24 @@ def main() -> None:
     # 3. batch throughput on face chips at each variant's input size
     chip_files = sorted(args.chips.rglob("*.jpg"))[: args.batch_chips]
     print(f"\n3. Throughput on {len(chip_files)} face chips (batches of 64), chips/s")
-    margin = f"margin < {settings.flip_margin}"
-    print(f"{'way':<22} {'size':>5} {'mirror every face':>18} {'mirror if ' + margin:>22} {'no mirror':>10}")
+    default = f"default (margin {settings.flip_margin})"
+    print(f"{'way':<22} {'size':>5} {'mirror every face':>18} {default:>22} {'no mirror':>10}")
     decoded = [read_image(p) for p in chip_files]
     rates = {}
     for way, predictor in predictors.items():
         chips = np.stack([chip_pixels(image, predictor.image_size) for image in decoded])
         predictor.classifier(chips[:64], flip=True)  # warm-up at this batch size
-        modes = (
-            {"flip": True},
-            {
-                "flip": True,
-                "flip_margin": settings.flip_margin,
-                "neighbour_weight": settings.neighbour_weight,
-            },
-            {"flip": False},
+        ways_to_classify = (
+            functools.partial(predictor.classifier, chips, flip=True),
+            functools.partial(predictor.probabilities, chips),  # the defaults: package.flip, flip_margin
+            functools.partial(predictor.classifier, chips, flip=False),
         )
         row = []
-        for mode in modes:
+        for classify in ways_to_classify:
             start = time.perf_counter()
-            predictor.classifier(chips, batch_size=64, **mode)
+            classify()
             row.append(len(chips) / (time.perf_counter() - start))
-        # the default settings: package.flip, and package.flip_margin when it is set
-        rates[way] = row[2] if not settings.flip else row[0] if settings.flip_margin is None else row[1]
+        rates[way] = row[1]
         print(f"{way:<22} {predictor.image_size:>5} {row[0]:>18.0f} {row[1]:>22.0f} {row[2]:>10.0f}")
     size = predictors["model float"].image_size
     naive = np.stack([chip_pixels(image, size) for image in decoded[: args.naive_chips]]).astype(np.float32)

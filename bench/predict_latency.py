@@ -23,13 +23,15 @@ Three tables:
 
 The variants are exported here from data/model and data/student by the package stage's own
 functions (float, and int8 calibrated on the same training photos), so the bench needs only
-the pipeline's outputs.
+the pipeline's outputs. When package.int8_float_layers keeps some layers in float, the trained
+model's int8 export with every layer in int8 ("model int8 all") runs beside it in every table.
 
     python bench/predict_latency.py [--photos data/new_photos] [--model data/model]
         [--student data/student] [--report data/reports/predict_path.json] [--chips data/images] [--n 60]
 """
 
 import argparse
+import dataclasses
 import functools
 import json
 import tempfile
@@ -71,7 +73,14 @@ def main() -> None:
     from agerange.faces import CHIP_SIZE, FaceDetector, align_face, select_faces
     from agerange.predict import AgePredictor, find_photos
     from agerange.preprocess import chip_pixels, read_image
-    from agerange.serving import REFERENCE_VARIANT, calibration_sample, export_variants, output_fidelity
+    from agerange.serving import (
+        REFERENCE_VARIANT,
+        calibration_chips,
+        calibration_sample,
+        export_variant,
+        export_variants,
+        output_fidelity,
+    )
 
     settings = load_section("package")
     photos, _ = find_photos([args.photos])
@@ -89,6 +98,12 @@ def main() -> None:
             keras_models[kind] = keras.models.load_model(folder / "model.keras", compile=False)
             models[kind] = (keras_models[kind], json.loads((folder / "model_info.json").read_text()))
     folders, _ = export_variants(models, scratch, settings, calibration)
+    if settings.int8_float_layers:
+        # what leaving the least quantizable layers in float costs and gains, side by side
+        folders["model int8 all"] = scratch / "model_int8_all"
+        chips = calibration_chips(folders["model float"], calibration)
+        all_int8 = dataclasses.replace(settings, int8_float_layers=0)
+        export_variant(*models["model"], folders["model int8 all"], all_int8, chips)
     predictors = {name: AgePredictor.from_directory(folder) for name, folder in folders.items()}
     first = next(iter(predictors.values()))
 

@@ -168,6 +168,9 @@ class PackageConfig:
     # accuracy and within-one accuracy each lose at most this much against the trained model
     max_accuracy_loss: float = 0.005
     calibration_photos: int = 300  # training photos whose face chips calibrate the int8 export
+    # the int8 export computes this many layers in float: those int8 serves worst on the
+    # calibration chips (serving.least_quantizable_layers)
+    int8_float_layers: int = 0
     # extra age ranges to answer in, [[lowest, highest], ..., [lowest, null]] covering 0 and up
     # (e.g. FairFace's); None: the age groups only
     ranges: list[list[int | None]] | None = None
@@ -177,6 +180,8 @@ class PackageConfig:
             raise ConfigError(f"package.max_accuracy_loss: {self.max_accuracy_loss} is not a share in [0, 1)")
         if self.flip_margin is not None and not self.flip_margin >= 0:
             raise ConfigError(f"package.flip_margin: {self.flip_margin} is negative (a margin is 0 or more)")
+        if self.int8_float_layers < 0:
+            raise ConfigError(f"package.int8_float_layers: {self.int8_float_layers} is negative")
         if self.calibration_photos < 1:
             raise ConfigError(f"package.calibration_photos: {self.calibration_photos} must be at least 1")
         if self.ranges is not None:

@@ -68,46 +68,37 @@ OUTPUT_COLUMNS = [
 ]
 
 
-def export_classifier(model, path: Path, calibration: np.ndarray | None = None) -> Path:
+def export_classifier(
+    model, path: Path, calibration: np.ndarray | None = None, float_layers: int = 0
+) -> Path:
     """Write the Keras classifier as TFLite, with its `features` layer as a second output.
 
     With `calibration` (uint8 face chips at the model's input size, a few hundred), the export
     is full-integer up to the members' embeddings: int8 weights and activations, uint8 pixels
     in, the embeddings out; the output layers (Dense + softmax, one per ensemble member) go
     beside it as float weights (`HEAD_FILE`), which `Classifier` applies. Its activation ranges
-    are the ones those chips produce, so they should look like predict's own chips. Without
-    it, the export computes in float32 like Keras.
+    are the ones those chips produce, so they should look like predict's own chips. The
+    `float_layers` layers that int8 serves worst on those chips (`least_quantizable_layers`)
+    stay in float. Without `calibration`, the export computes in float32 like Keras.
     """
     import contextlib
 
     import keras
-    import tensorflow as tf
 
     head_file = Path(path).with_name(HEAD_FILE)
-    if calibration is None:
-        exported = keras.Model(model.inputs, [model.output, model.get_layer("features").output])
-    else:
-        exported, heads = member_embeddings(model)
-    converter = tf.lite.TFLiteConverter.from_keras_model(exported)
-    if calibration is not None:
-        if not len(calibration):
-            raise ValueError(f"{path}: no calibration chips for the int8 export")
-        size = calibration.shape[1]
-        # a black and a white chip pin the input range to 0-255, so uint8 pixels need no rescaling
-        extremes = np.stack([np.zeros((size, size, 3), np.uint8), np.full((size, size, 3), 255, np.uint8)])
-        chips = np.concatenate([extremes, calibration])
-
-        def representative():
-            for chip in chips:
-                yield [chip[None].astype(np.float32)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
+    kept_in_float: list[str] = []
     # the converter prints every captured tensor to stdout; keep the stage log readable
     with contextlib.redirect_stdout(io.StringIO()):
-        flat = converter.convert()
+        if calibration is None:
+            exported = keras.Model(model.inputs, [model.output, model.get_layer("features").output])
+            flat = _converter(exported).convert()
+        else:
+            if not len(calibration):
+                raise ValueError(f"{path}: no calibration chips for the int8 export")
+            exported, heads = member_embeddings(model)
+            if float_layers:
+                kept_in_float = least_quantizable_layers(exported, calibration, float_layers)
+            flat = _int8_flatbuffer(exported, calibration, kept_in_float)
     if calibration is None:
         head_file.unlink(missing_ok=True)
     else:
@@ -120,6 +111,83 @@ def export_classifier(model, path: Path, calibration: np.ndarray | None = None) 
     with atomic_path(Path(path)) as temporary:
         temporary.write_bytes(flat)
     return Path(path)
+
+
+def layers_in_float(model_file: Path) -> list[str]:
+    """The convolutions a TFLite file computes in float32, by the name of their output (the
+    first of the names TFLite joins for fused layers), in the file's order."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(model_file))
+    tensors = {tensor["index"]: tensor for tensor in interpreter.get_tensor_details()}
+    names = []
+    for op in interpreter._get_ops_details():  # the only listing of a file's operators
+        output = tensors[op["outputs"][0]]
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D") and output["dtype"] == np.float32:
+            names.append(output["name"].split(";")[0])
+    return names
+
+
+def _converter(exported, calibration: np.ndarray | None = None):
+    """A TFLite converter for `exported`: float32, or with `calibration` chips int8 with uint8
+    pixels in (a black and a white chip added pin the input range to 0-255, so the pixels need
+    no rescaling)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(exported)
+    if calibration is not None:
+        size = calibration.shape[1]
+        extremes = np.stack([np.zeros((size, size, 3), np.uint8), np.full((size, size, 3), 255, np.uint8)])
+        chips = np.concatenate([extremes, calibration])
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([chip[None].astype(np.float32)] for chip in chips)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+    return converter
+
+
+def least_quantizable_layers(exported, calibration: np.ndarray, count: int) -> list[str]:
+    """The `count` layers of `exported` whose int8 outputs stray furthest from float on the
+    `calibration` chips, in quantization steps (root-mean-square error over the output's scale,
+    measured by TFLite's QuantizationDebugger): the ones worth computing in float.
+
+    On MobileNetV2 these are the first depthwise convolutions: their outputs are 1.3 steps off
+    on average, where most layers are 0.3-0.4.
+    """
+    import tensorflow as tf
+
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=_converter(exported, calibration),
+        debug_dataset=lambda: ([chip[None].astype(np.float32)] for chip in calibration),
+    )
+    debugger.run()
+    statistics = io.StringIO()
+    debugger.layer_statistics_dump(statistics)
+    statistics.seek(0)
+    layers = pd.read_csv(statistics)
+    layers["steps"] = np.sqrt(layers["mean_squared_error"]) / layers["scale"]
+    return list(layers.nlargest(count, "steps")["tensor_name"])
+
+
+def _int8_flatbuffer(exported, calibration: np.ndarray, kept_in_float: list[str]) -> bytes:
+    """The int8 TFLite model of `exported`, calibrated on `calibration`, with the `kept_in_float`
+    layers (TFLite node names) in float."""
+    import tensorflow as tf
+
+    converter = _converter(exported, calibration)
+    if not kept_in_float:
+        return converter.convert()
+    # The converter takes no list of layers to leave in float; the QuantizationDebugger does the
+    # same as here (calibrate, then quantize with a denylist), but its model reads float pixels
+    from tensorflow.lite.python import convert
+
+    converter._experimental_calibrate_only = True
+    return convert.mlir_quantize(
+        converter.convert(),
+        input_data_type=tf.uint8,
+        output_data_type=tf.float32,
+        denylisted_nodes=kept_in_float,
+    )
 
 
 # The packaged classifiers `package_fastest` weighs, fastest first: the distilled student (one
@@ -140,9 +208,11 @@ def export_variant(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    export_classifier(model, folder / CLASSIFIER_FILE, calibration)
+    export_classifier(model, folder / CLASSIFIER_FILE, calibration, float_layers=settings.int8_float_layers)
     info = {**info, "predict": dataclasses.asdict(settings)}  # the model carries its own settings
     info["precision"] = "float" if calibration is None else "int8"
+    if calibration is not None and settings.int8_float_layers:
+        info["layers_in_float"] = layers_in_float(folder / CLASSIFIER_FILE)
     (folder / INFO_FILE).write_text(json.dumps(info, indent=2))
     if calibration is not None:
         return float("nan")

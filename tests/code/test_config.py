@@ -61,6 +61,8 @@ def test_a_negative_mirror_margin_is_refused_and_null_mirrors_every_face(tmp_pat
     with pytest.raises(ConfigError, match=r"package\.flip_margin: -0\.1 is negative"):
         load_section("package", _params_with(tmp_path, "package", flip_margin=-0.1))
     assert load_section("package", _params_with(tmp_path, "package", flip_margin=None)).flip_margin is None
+    with pytest.raises(ConfigError, match=r"package\.int8_float_layers: -1 is negative"):
+        load_section("package", _params_with(tmp_path, "package", int8_float_layers=-1))
 
 
 def test_the_study_best_and_a_trial_resolve_through_one_function(tmp_path):

@@ -152,3 +152,40 @@ def test_package_exports_int8_variants_measures_each_and_serves_the_chosen_one(t
     assert "\n" not in str(refused.value)
     with pytest.raises(ValueError, match="no calibration chips"):
         export_variant(model, info, tmp_path / "e", settings, calibration=chips[:0])
+
+
+def test_int8_export_keeps_the_layers_it_serves_worst_in_float(tmp_path):
+    """`package.int8_float_layers`: the int8 export computes that many layers in float, the ones
+    with the largest quantization error on the calibration chips, names them in the model's
+    info, still reads uint8 pixels, and answers closer to the float export than all-int8."""
+    import dataclasses
+    import json
+
+    import keras
+
+    from agerange.config import PackageConfig
+    from agerange.model import build_classifier, member_embeddings
+    from agerange.predict import Classifier
+    from agerange.serving import export_variant, layers_in_float, least_quantizable_layers
+
+    keras.utils.set_random_seed(0)
+    model = build_classifier("small_cnn", 40, Path("unused"), dropout=0.1, head="ages")
+    info = {"backbone": "small_cnn", "image_size": 40, "head": "ages"}
+    chips = np.random.default_rng(1).integers(0, 256, (32, 40, 40, 3)).astype(np.uint8)
+    outputs = {}
+    for kept in (0, 2):
+        settings = dataclasses.replace(PackageConfig(), int8_float_layers=kept)
+        export_variant(model, info, tmp_path / f"kept{kept}", settings, calibration=chips)
+        model_file = tmp_path / f"kept{kept}" / "classifier.tflite"
+        assert len(layers_in_float(model_file)) == kept
+        classifier = Classifier(model_file)
+        assert classifier.input["dtype"] == np.uint8 and classifier.input["quantization"] == (1.0, 0)
+        outputs[kept] = classifier(chips, flip=False)[1]  # the members' embeddings
+    recorded = json.loads((tmp_path / "kept2" / "model_info.json").read_text())["layers_in_float"]
+    worst = least_quantizable_layers(member_embeddings(model)[0], chips, 2)
+    assert sorted(recorded) == sorted(name.split(";")[0] for name in worst)
+    assert "layers_in_float" not in json.loads((tmp_path / "kept0" / "model_info.json").read_text())
+    export_variant(model, info, tmp_path / "float", PackageConfig())
+    reference = Classifier(tmp_path / "float" / "classifier.tflite")(chips, flip=False)[1]
+    errors = {kept: float(np.abs(found - reference).mean()) for kept, found in outputs.items()}
+    assert errors[2] < errors[0]

@@ -67,7 +67,7 @@ def model_card(
             f"| new photos ({new.get('labelled_photos')} labelled real photos, their age ranges) | "
             f"{_percent(new.get('range_accuracy'))} | {_percent(new.get('range_within_one'))} | - | - | - |"
         )
-    lines += _served_variant(info.get("variant"))
+    lines += _served_variant(info.get("variant"), info.get("layers_in_float"))
     lines += ["", "## Known failure conditions (test split)", ""]
     if conditions is not None and len(conditions):
         worst = conditions.sort_values("drop", ascending=False).head(5)
@@ -84,20 +84,30 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
-def _served_variant(choice: dict[str, Any] | None) -> list[str]:
-    """Which packaged variant is served (int8, the distilled student) and every variant's
-    validation figures through the predict path, or nothing for a model packaged without a choice."""
+def _served_variant(choice: dict[str, Any] | None, layers_in_float: list[str] | None = None) -> list[str]:
+    """Which packaged variant is served (int8, the distilled student), every variant's figures
+    through the predict path (validation, and the labelled new photos' ranges when measured),
+    and the layers an int8 variant computes in float; nothing for a model packaged without a
+    choice."""
     if not choice:
         return []
+    variants = choice.get("val", {})
+    keys = ["accuracy", "within_one"]
+    header = "| variant | validation exact group | within one |"
+    if any("new_photos_range_accuracy" in figures for figures in variants.values()):
+        keys += ["new_photos_range_accuracy", "new_photos_range_within_one"]
+        header += " new photos: range exact | within one |"
     lines = [
         "", "## Served variant", "",
         f"Served: **{choice['chosen']}**. Rule: {choice['rule']}. The validation and test rows above "
         "are the trained model in Keras; the predict-path rows are the served variant.",
-        "", "| variant | validation exact group | within one |", "|---|---|---|",
+        "",
+        header, "|---" * (len(keys) + 1) + "|",
     ]  # fmt: skip
-    for name, figures in choice.get("val", {}).items():
-        exact, within_one = _percent(figures.get("accuracy")), _percent(figures.get("within_one"))
-        lines.append(f"| {name} | {exact} | {within_one} |")
+    for name, figures in variants.items():
+        lines.append(f"| {name} | " + " | ".join(_percent(figures.get(key)) for key in keys) + " |")
+    if layers_in_float:
+        lines += ["", f"The int8 classifier computes these layers in float: {', '.join(layers_in_float)}."]
     return lines
 
 

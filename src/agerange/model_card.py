@@ -87,8 +87,8 @@ def model_card(
 def _served_variant(choice: dict[str, Any] | None, layers_in_float: list[str] | None = None) -> list[str]:
     """Which packaged variant is served (int8, the distilled student), every variant's figures
     through the predict path (validation, and the labelled new photos' ranges when measured),
-    and the layers an int8 variant computes in float; nothing for a model packaged without a
-    choice."""
+    and the layers the served int8 variant computes in float; nothing for a model packaged
+    without a choice."""
     if not choice:
         return []
     variants = choice.get("val", {})

@@ -50,6 +50,7 @@ def test_the_card_names_the_served_variant_and_every_variants_validation_figures
     new_photos = {"new_photos_range_accuracy": 0.4185, "new_photos_range_within_one": 0.8259}
     choice["val"]["model int8"] |= new_photos
     card = model_card({**info, "layers_in_float": ["block_2_depthwise_relu"]}, {}, {}, None)
+    assert "| variant | validation exact group | within one | new photos: range exact | within one |" in card
     assert "| model int8 | 58.9% | 94.4% | 41.9% | 82.6% |" in card
     assert "| model float | 59.0% | 94.9% | - | - |" in card
     assert "computes these layers in float: block_2_depthwise_relu." in card

@@ -154,7 +154,7 @@ def test_package_exports_int8_variants_measures_each_and_serves_the_chosen_one(t
         export_variant(model, info, tmp_path / "e", settings, calibration=chips[:0])
 
 
-def test_int8_export_keeps_the_layers_it_serves_worst_in_float(tmp_path):
+def test_int8_export_keeps_the_layers_it_serves_worst_in_float(tmp_path, monkeypatch):
     """`package.int8_float_layers`: the int8 export computes that many layers in float, the ones
     with the largest quantization error on the calibration chips, names them in the model's
     info, still reads uint8 pixels, and answers closer to the float export than all-int8."""
@@ -189,3 +189,11 @@ def test_int8_export_keeps_the_layers_it_serves_worst_in_float(tmp_path):
     reference = Classifier(tmp_path / "float" / "classifier.tflite")(chips, flip=False)[1]
     errors = {kept: float(np.abs(found - reference).mean()) for kept, found in outputs.items()}
     assert errors[2] < errors[0]
+    # TFLite skips a layer name it does not know without a word; the export does not
+    import agerange.serving
+
+    monkeypatch.setattr(agerange.serving, "least_quantizable_layers", lambda *args: ["no/such/layer"])
+    settings = dataclasses.replace(PackageConfig(), int8_float_layers=1)
+    with pytest.raises(ValueError, match=r"classifier\.tflite: 0 of 1 layers left in float"):
+        export_variant(model, info, tmp_path / "unknown", settings, calibration=chips)
+    assert not (tmp_path / "unknown" / "classifier.tflite").exists()

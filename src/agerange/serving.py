@@ -86,7 +86,6 @@ def export_classifier(
     import keras
 
     head_file = Path(path).with_name(HEAD_FILE)
-    kept_in_float: list[str] = []
     # the converter prints every captured tensor to stdout; keep the stage log readable
     with contextlib.redirect_stdout(io.StringIO()):
         if calibration is None:
@@ -96,9 +95,7 @@ def export_classifier(
             if not len(calibration):
                 raise ValueError(f"{path}: no calibration chips for the int8 export")
             exported, heads = member_embeddings(model)
-            if float_layers:
-                kept_in_float = least_quantizable_layers(exported, calibration, float_layers)
-            flat = _int8_flatbuffer(exported, calibration, kept_in_float)
+            flat, kept_in_float = _int8_flatbuffer(exported, calibration, float_layers)
             # TFLite skips a name it does not know without a word: check each one took effect
             if len(found := layers_in_float(flat)) != len(kept_in_float):
                 raise ValueError(f"{path}: {len(found)} of {len(kept_in_float)} layers left in float")
@@ -168,6 +165,12 @@ def least_quantizable_layers(exported, calibration: np.ndarray, count: int) -> l
     block_5: their outputs 1.33, 0.74 and 0.62 steps off on average), where most layers are at
     0.3-0.4.
     """
+    return _worst_layers(_quantization_debugger(exported, calibration), count)
+
+
+def _quantization_debugger(exported, calibration: np.ndarray):
+    """TFLite's QuantizationDebugger for the int8 export of `exported`, calibrated and run on
+    the `calibration` chips."""
     import tensorflow as tf
 
     debugger = tf.lite.experimental.QuantizationDebugger(
@@ -175,6 +178,11 @@ def least_quantizable_layers(exported, calibration: np.ndarray, count: int) -> l
         debug_dataset=lambda: ([chip[None].astype(np.float32)] for chip in calibration),
     )
     debugger.run()
+    return debugger
+
+
+def _worst_layers(debugger, count: int) -> list[str]:
+    """The `count` layers a run debugger measured furthest from float, in quantization steps."""
     statistics = io.StringIO()
     debugger.layer_statistics_dump(statistics)
     statistics.seek(0)
@@ -183,26 +191,27 @@ def least_quantizable_layers(exported, calibration: np.ndarray, count: int) -> l
     return list(layers.nlargest(count, "steps")["tensor_name"])
 
 
-def _int8_flatbuffer(exported, calibration: np.ndarray, kept_in_float: list[str]) -> bytes:
-    """The int8 TFLite model of `exported`, calibrated on `calibration`, with the `kept_in_float`
-    layers (TFLite node names) in float."""
+def _int8_flatbuffer(exported, calibration: np.ndarray, float_layers: int) -> tuple[bytes, list[str]]:
+    """The int8 TFLite model of `exported`, calibrated on `calibration`, with its `float_layers`
+    least quantizable layers in float, and those layers' TFLite node names."""
     import tensorflow as tf
 
-    converter = _converter(exported, calibration)
-    if not kept_in_float:
-        return converter.convert()
+    if not float_layers:
+        return _converter(exported, calibration).convert(), []
+    debugger = _quantization_debugger(exported, calibration)
+    kept_in_float = _worst_layers(debugger, float_layers)
     # The converter takes no list of layers to leave in float; the QuantizationDebugger does the
-    # same as here (calibrate, then quantize with a denylist), but its model reads float pixels.
-    # Both are TensorFlow's private API (pinned in pyproject.toml; the tests run this path).
+    # same as here (quantize its calibrated model with a denylist), but its model reads float
+    # pixels. Both are TensorFlow's private API (pinned in pyproject.toml; the tests run this path).
     from tensorflow.lite.python import convert
 
-    converter._experimental_calibrate_only = True
-    return convert.mlir_quantize(
-        converter.convert(),
+    flat = convert.mlir_quantize(
+        debugger.calibrated_model,  # calibrated once, for the ranking and for this
         input_data_type=tf.uint8,
         output_data_type=tf.float32,
         denylisted_nodes=kept_in_float,
     )
+    return flat, kept_in_float
 
 
 # The packaged classifiers `package_fastest` weighs, fastest first: the distilled student (one

@@ -192,7 +192,7 @@ def test_int8_export_keeps_the_layers_it_serves_worst_in_float(tmp_path, monkeyp
     # TFLite skips a layer name it does not know without a word; the export does not
     import agerange.serving
 
-    monkeypatch.setattr(agerange.serving, "least_quantizable_layers", lambda *args: ["no/such/layer"])
+    monkeypatch.setattr(agerange.serving, "_worst_layers", lambda *args: ["no/such/layer"])
     settings = dataclasses.replace(PackageConfig(), int8_float_layers=1)
     with pytest.raises(ValueError, match=r"classifier\.tflite: 0 of 1 layers left in float"):
         export_variant(model, info, tmp_path / "unknown", settings, calibration=chips)

@@ -19,7 +19,7 @@ from agerange import tracking
 from agerange.config import ConfigError, fail, load_section, read_resolved, setup_logging
 from agerange.distil import student_config, teacher_probabilities, train_student
 from agerange.files import atomic_path, write_json
-from agerange.model import float32_copy
+from agerange.model import SKIPPED, float32_copy
 from agerange.training import configure_device, load_split, stage_data, stage_options
 from agerange.training.report import model_info, summary
 
@@ -35,8 +35,11 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     try:
-        resolved, settings = read_resolved(args.config), load_section("distil")
-        package = load_section("package")
+        settings = load_section("distil")
+        if not settings.enabled:
+            skip(args.out, args.metrics, args.checkpoints, "distil.enabled is false in params.yaml")
+            return
+        resolved, package = read_resolved(args.config), load_section("package")
     except ConfigError as error:
         fail(str(error))
     if not (args.teacher / "model.keras").is_file():
@@ -88,6 +91,17 @@ def main() -> None:
         f"(teacher weight {settings.teacher_weight}) in {figures['train_seconds']} s; best validation "
         f"accuracy {figures['best_val_accuracy']:.3f}; MLflow run {run_id}."
     )
+
+
+def skip(out: Path, metrics: Path, checkpoints: Path, reason: str) -> None:
+    """No student: a folder that says why (the package stage reads it as none), in place of a
+    previous student, and the summary says so too."""
+    with atomic_path(out) as folder:
+        folder.mkdir()
+        write_json({"reason": reason}, folder / SKIPPED)
+    write_json({"skipped": reason}, metrics)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    print(f"distil: no student trained ({reason}); the package stage weighs the trained model only.")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ labelled new photos, with every variant's validation figures beside it.
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import pandas as pd
 from agerange import tracking
 from agerange.config import ConfigError, fail, load_section, setup_logging
 from agerange.files import write_json
-from agerange.serving import calibration_sample, package_fastest, predict_path_report
+from agerange.serving import calibration_sample, load_models, package_fastest, predict_path_report
 
 
 def main() -> None:
@@ -38,16 +37,15 @@ def main() -> None:
         settings = load_section("package")
     except ConfigError as error:
         fail(str(error))
-    import keras  # after setup_logging, which quiets TensorFlow's start-up notices
-
-    models = {}
-    for kind, folder, stage in (("model", args.model, "train"), ("student", args.student, "distil")):
-        if folder is None:
-            continue
-        if not (folder / "model.keras").is_file():
-            fail(f"{folder}: no model.keras (run `dvc repro {stage}` first)")
-        info = json.loads((folder / "model_info.json").read_text())
-        models[kind] = (keras.models.load_model(folder / "model.keras", compile=False), info)
+    folders = {"model": (args.model, "train")}
+    if args.student is not None:
+        folders["student"] = (args.student, "distil")
+    try:
+        models, notes = load_models(folders)
+    except ValueError as error:
+        fail(str(error))
+    for note in notes:
+        print(f"package: {note}.")
     reference = tracking.read_run_reference(args.model / "run.json")
     tracking.use_tracking_uri(reference["tracking_uri"])
 

@@ -6,12 +6,26 @@ frozen so it runs in inference mode). `split_at_boundary` cuts the model where t
 ends, so the frozen part's output can be computed once and cached.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from agerange.backbones import backbone_layer_names, get_backbone, resolve_weights
 from agerange.labels import AGE_BINS, GROUP_NAMES
+
+# What a stage writes in place of a model it was told not to train (the distil stage with
+# `distil.enabled` false): a reader takes it as "no model", where an empty folder is an error.
+SKIPPED = "skipped.json"
+
+
+def skipped_reason(folder: Path) -> str | None:
+    """Why no model was trained into `folder` (its SKIPPED note), or None when one was."""
+    note = Path(folder) / SKIPPED
+    if (Path(folder) / "model.keras").is_file() or not note.is_file():
+        return None
+    return json.loads(note.read_text())["reason"]
+
 
 # head -> (output width, output layer name): ten age groups, or one bin per year of age
 HEADS = {"groups": (len(GROUP_NAMES), "age_group"), "ages": (AGE_BINS, "age_distribution")}

@@ -32,7 +32,7 @@ from agerange.faces import packaged_detector_path
 from agerange.files import atomic_path
 from agerange.inference import decide_groups, expected_ages, group_probabilities, range_probabilities
 from agerange.metrics import FAIRFACE_RANGES
-from agerange.model import member_embeddings
+from agerange.model import member_embeddings, skipped_reason
 from agerange.predict import (
     CLASSIFIER_FILE,
     HEAD_FILE,
@@ -270,6 +270,26 @@ def package(model, info: dict[str, Any], out: Path, settings: PackageConfig) -> 
         gap = export_variant(model, info, Path(scratch), settings)
         save_variant(Path(scratch), out, settings)
     return gap
+
+
+def load_models(
+    folders: dict[str, tuple[Path, str]],
+) -> tuple[dict[str, tuple[Any, dict[str, Any]]], list[str]]:
+    """The Keras model and info of each kind ("model", "student") from its folder, skipping a
+    folder whose stage was told not to train one (`model.skipped_reason`); also returns the
+    lines saying so. A folder with neither is refused, naming the stage (the second item) to run."""
+    import keras
+
+    models, notes = {}, []
+    for kind, (folder, stage) in folders.items():
+        if reason := skipped_reason(folder):
+            notes.append(f"{folder}: no {kind} ({reason})")
+            continue
+        if not (folder / "model.keras").is_file():
+            raise ValueError(f"{folder}: no model.keras (run `dvc repro {stage}` first)")
+        info = json.loads((folder / "model_info.json").read_text())
+        models[kind] = (keras.models.load_model(folder / "model.keras", compile=False), info)
+    return models, notes
 
 
 def export_variants(

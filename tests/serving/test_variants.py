@@ -197,3 +197,59 @@ def test_int8_export_keeps_the_layers_it_serves_worst_in_float(tmp_path, monkeyp
     with pytest.raises(ValueError, match=r"classifier\.tflite: 0 of 1 layers left in float"):
         export_variant(model, info, tmp_path / "unknown", settings, calibration=chips)
     assert not (tmp_path / "unknown" / "classifier.tflite").exists()
+
+
+def test_with_the_student_off_the_distil_stage_says_so_and_package_weighs_the_model_alone(tmp_path):
+    """`distil.enabled: false`: the stage replaces a previous student with a note saying why
+    (no teacher or data read), and the package stage's loader skips that folder; a folder the
+    stage never wrote is still refused, naming the stage to run."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from agerange.labels import GROUP_NAMES
+    from agerange.model import build_classifier, skipped_reason
+    from agerange.serving import load_models
+    from tests.conftest import PROJECT_ROOT
+
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["distil"]["enabled"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    student, checkpoints = tmp_path / "student", tmp_path / "checkpoints"
+    student.mkdir()
+    (student / "model.keras").write_bytes(b"a previous student")
+    (checkpoints / "epochs").mkdir(parents=True)
+    arguments = {name: tmp_path / "absent" for name in ("teacher", "splits", "train", "images", "config")}
+    arguments.update(out=student, metrics=tmp_path / "distil.json", checkpoints=checkpoints)
+    command = [sys.executable, str(PROJECT_ROOT / "pipelines" / "distil.py")]
+    command += [part for name, path in arguments.items() for part in (f"--{name}", str(path))]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines() == [
+        "distil: no student trained (distil.enabled is false in params.yaml); "
+        "the package stage weighs the trained model only."
+    ]
+    assert sorted(path.name for path in student.iterdir()) == ["skipped.json"]
+    assert not checkpoints.exists()
+    assert json.loads((tmp_path / "distil.json").read_text()) == {
+        "skipped": "distil.enabled is false in params.yaml"
+    }
+    assert skipped_reason(student) == "distil.enabled is false in params.yaml"
+
+    model_folder = tmp_path / "model"
+    model_folder.mkdir()
+    build_classifier("small_cnn", 32, Path("unused"), dropout=0.1).save(model_folder / "model.keras")
+    info = {"backbone": "small_cnn", "image_size": 32, "class_names": list(GROUP_NAMES)}
+    (model_folder / "model_info.json").write_text(json.dumps(info))
+    models, notes = load_models({"model": (model_folder, "train"), "student": (student, "distil")})
+    assert list(models) == ["model"] and models["model"][1] == info
+    assert notes == [f"{student}: no student (distil.enabled is false in params.yaml)"]
+    assert skipped_reason(model_folder) is None
+
+    never_run = tmp_path / "never_run"
+    never_run.mkdir()
+    with pytest.raises(ValueError, match=r"never_run: no model.keras \(run `dvc repro distil` first\)"):
+        load_models({"model": (model_folder, "train"), "student": (never_run, "distil")})

@@ -21,10 +21,11 @@ Three tables:
                   answers changed (age group, FairFace range), expected-age distance, outputs
                   that are exactly 0 and the range of the sums (serving.output_fidelity)
 
-The variants are exported here from data/model and data/student by the package stage's own
-functions (float, and int8 calibrated on the same training photos), so the bench needs only
-the pipeline's outputs. When package.int8_float_layers keeps some layers in float, the trained
-model's int8 export with every layer in int8 ("model int8 all") runs beside it in every table.
+The variants are exported here from data/model and data/student (when the distil stage trained
+one: distil.enabled) by the package stage's own functions (float, and int8 calibrated on the
+same training photos), so the bench needs only the pipeline's outputs. When
+package.int8_float_layers keeps some layers in float, the trained model's int8 export with
+every layer in int8 ("model int8 all") runs beside it in every table.
 
     python bench/predict_latency.py [--photos data/new_photos] [--model data/model]
         [--student data/student] [--report data/reports/predict_path.json] [--chips data/images] [--n 60]

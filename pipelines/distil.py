@@ -6,6 +6,9 @@ backbone at `distil.image_size` is trained by the same recipe on those soft targ
 with the labels' own (`distil.teacher_weight`). Logged as its own MLflow run, tagged with the
 teacher's run. The package stage measures it beside the trained model and serves it when the
 accuracy rule allows. Resumes an interrupted run from its epoch checkpoints.
+
+With `distil.enabled: false` (the default) it trains nothing: the output folder holds only a
+note saying why (`model.SKIPPED`), which the package stage reads as no student.
 """
 
 import argparse
@@ -29,7 +32,8 @@ def main() -> None:
     for name, text in [("teacher", "the train stage's model folder"), ("splits", "split table"),
                        ("train", "rebalanced training rows"), ("images", "chips"),
                        ("config", "the tune stage's resolved training configuration"),
-                       ("out", "output folder: model.keras, model_info.json"), ("metrics", "JSON summary"),
+                       ("out", "output folder: model.keras, model_info.json (or the skipped note)"),
+                       ("metrics", "JSON summary"),
                        ("checkpoints", "epoch checkpoints, kept until done")]:  # fmt: skip
         parser.add_argument(f"--{name}", type=Path, required=True, help=text)
     args = parser.parse_args()
@@ -37,7 +41,7 @@ def main() -> None:
     try:
         settings = load_section("distil")
         if not settings.enabled:
-            skip(args.out, args.metrics, args.checkpoints, "distil.enabled is false in params.yaml")
+            skip(args.out, args.metrics, "distil.enabled is false in params.yaml")
             return
         resolved, package = read_resolved(args.config), load_section("package")
     except ConfigError as error:
@@ -93,14 +97,14 @@ def main() -> None:
     )
 
 
-def skip(out: Path, metrics: Path, checkpoints: Path, reason: str) -> None:
+def skip(out: Path, metrics: Path, reason: str) -> None:
     """No student: a folder that says why (the package stage reads it as none), in place of a
-    previous student, and the summary says so too."""
+    previous student, and the summary says so too. Checkpoints of an unfinished student stay,
+    for a later run with the student on to resume."""
     with atomic_path(out) as folder:
         folder.mkdir()
         write_json({"reason": reason}, folder / SKIPPED)
     write_json({"skipped": reason}, metrics)
-    shutil.rmtree(checkpoints, ignore_errors=True)
     print(f"distil: no student trained ({reason}); the package stage weighs the trained model only.")
 
 

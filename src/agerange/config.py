@@ -201,7 +201,7 @@ class PackageConfig:
 class DistilConfig:
     """The distil stage: one student network trained on the trained model's probabilities."""
 
-    # False: the stage trains nothing and writes a folder saying so (distil.SKIPPED), and the
+    # False: the stage trains nothing and writes a folder saying so (model.SKIPPED), and the
     # package stage weighs the trained model's variants only
     enabled: bool
     image_size: int  # the student's input side in pixels

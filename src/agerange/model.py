@@ -24,7 +24,10 @@ def skipped_reason(folder: Path) -> str | None:
     note = Path(folder) / SKIPPED
     if (Path(folder) / "model.keras").is_file() or not note.is_file():
         return None
-    return json.loads(note.read_text())["reason"]
+    try:
+        return str(json.loads(note.read_text())["reason"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{note}: unreadable note of a skipped model ({error!r})") from None
 
 
 # head -> (output width, output layer name): ten age groups, or one bin per year of age

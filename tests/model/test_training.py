@@ -485,7 +485,8 @@ def test_a_distilled_student_learns_the_teachers_answers_not_only_the_labels(min
     data, size = mini_splits
     teacher = np.zeros((len(data["train"].groups), 10), np.float32)
     teacher[:, 3] = 1.0
-    config = student_config(_tiny_config(size, head_epochs=4, finetune_epochs=0), DistilConfig(size, 1.0, 5))
+    settings = DistilConfig(enabled=True, image_size=size, teacher_weight=1.0, seed=5)
+    config = student_config(_tiny_config(size, head_epochs=4, finetune_epochs=0), settings)
     assert (config.ensemble_members, config.seed, config.image_size) == (1, 5, size)
     answers = {}
     for weight in (1.0, 0.0):

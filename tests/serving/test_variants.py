@@ -233,7 +233,7 @@ def test_with_the_student_off_the_distil_stage_says_so_and_package_weighs_the_mo
         "the package stage weighs the trained model only."
     ]
     assert sorted(path.name for path in student.iterdir()) == ["skipped.json"]
-    assert not checkpoints.exists()
+    assert (checkpoints / "epochs").is_dir()  # kept: a later run with the student on resumes
     assert json.loads((tmp_path / "distil.json").read_text()) == {
         "skipped": "distil.enabled is false in params.yaml"
     }
@@ -252,4 +252,7 @@ def test_with_the_student_off_the_distil_stage_says_so_and_package_weighs_the_mo
     never_run = tmp_path / "never_run"
     never_run.mkdir()
     with pytest.raises(ValueError, match=r"never_run: no model.keras \(run `dvc repro distil` first\)"):
+        load_models({"model": (model_folder, "train"), "student": (never_run, "distil")})
+    (never_run / "skipped.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"skipped.json: unreadable note of a skipped model"):
         load_models({"model": (model_folder, "train"), "student": (never_run, "distil")})

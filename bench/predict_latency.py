@@ -76,6 +76,7 @@ def main() -> None:
     from agerange.preprocess import chip_pixels, read_image
     from agerange.serving import (
         REFERENCE_VARIANT,
+        UNMIRRORED,
         calibration_chips,
         calibration_sample,
         export_variant,
@@ -106,6 +107,9 @@ def main() -> None:
         all_int8 = dataclasses.replace(settings, int8_float_layers=0)
         export_variant(*models["model"], folders["model int8 all"], all_int8, chips)
     predictors = {name: AgePredictor.from_directory(folder) for name, folder in folders.items()}
+    if served.endswith(UNMIRRORED) and served.removesuffix(UNMIRRORED) in folders:
+        # the rule chose a variant without the mirror average: bench it as served, beside the default
+        predictors[served] = AgePredictor.from_directory(folders[served.removesuffix(UNMIRRORED)], flip=False)
     first = next(iter(predictors.values()))
 
     # 1. detectors on the same photos
@@ -136,7 +140,7 @@ def main() -> None:
         f"\n2. Latency per one-face photo ({len(one_face)} photos), JPEG bytes to age range, "
         f"mirror average {settings.flip} (margin {settings.flip_margin})"
     )
-    print(f"{'way':<20} {'stage':<20} {'p50 ms':>7} {'p95 ms':>7}   validation accuracy / within one")
+    print(f"{'way':<26} {'stage':<20} {'p50 ms':>7} {'p95 ms':>7}   validation accuracy / within one")
     totals = {}
     ways = {
         "naive model.predict": ("model", None),
@@ -174,17 +178,17 @@ def main() -> None:
         figures = accuracy.get(way)
         known = f"   {figures['accuracy']:.3f} / {figures['within_one']:.3f}" if figures else ""
         for stage, samples in stages.items():
-            print(f"{way:<20} {stage:<20} {percentiles(samples)}{known if stage == 'total' else ''}")
+            print(f"{way:<26} {stage:<20} {percentiles(samples)}{known if stage == 'total' else ''}")
     for way, total in totals.items():
         ratio = totals["naive model.predict"] / total
         mark = "  <- served" if way == served else ""
-        print(f"p50 total {way:<20} {total * 1000:6.2f} ms (target <= 5), {ratio:4.1f}x naive{mark}")
+        print(f"p50 total {way:<26} {total * 1000:6.2f} ms (target <= 5), {ratio:4.1f}x naive{mark}")
 
     # 3. batch throughput on face chips at each variant's input size
     chip_files = sorted(args.chips.rglob("*.jpg"))[: args.batch_chips]
     print(f"\n3. Throughput on {len(chip_files)} face chips (batches of 64), chips/s")
     default = f"default (margin {settings.flip_margin})"
-    print(f"{'way':<22} {'size':>5} {'mirror every face':>18} {default:>22} {'no mirror':>10}")
+    print(f"{'way':<26} {'size':>5} {'mirror every face':>18} {default:>22} {'no mirror':>10}")
     decoded = [read_image(p) for p in chip_files]
     rates = {}
     for way, predictor in predictors.items():
@@ -201,7 +205,7 @@ def main() -> None:
             classify()
             row.append(len(chips) / (time.perf_counter() - start))
         rates[way] = row[1]
-        print(f"{way:<22} {predictor.image_size:>5} {row[0]:>18.0f} {row[1]:>22.0f} {row[2]:>10.0f}")
+        print(f"{way:<26} {predictor.image_size:>5} {row[0]:>18.0f} {row[1]:>22.0f} {row[2]:>10.0f}")
     size = predictors["model float"].image_size
     naive = np.stack([chip_pixels(image, size) for image in decoded[: args.naive_chips]]).astype(np.float32)
     keras_models["model"].predict(naive[:1], verbose=0)
@@ -249,7 +253,7 @@ def main() -> None:
         f"neighbour weight {settings.neighbour_weight}"
     )
     print(
-        f"{'variant':<14} {'against':<14} {'faces':<17} {'group changed':>13} {'range changed':>13} "
+        f"{'variant':<26} {'against':<14} {'faces':<17} {'group changed':>13} {'range changed':>13} "
         f"{'age, years':>10} {'zero outputs':>12} {'sums':>13}"
     )
     pairs = [(way, REFERENCE_VARIANT) for way in predictors if way != REFERENCE_VARIANT]
@@ -260,7 +264,7 @@ def main() -> None:
                 outputs[reference, faces_name], outputs[way, faces_name], settings.neighbour_weight
             )
             print(
-                f"{way:<14} {reference:<14} {faces_name:<17} {figures['group_changed']:>13.1%} "
+                f"{way:<26} {reference:<14} {faces_name:<17} {figures['group_changed']:>13.1%} "
                 f"{figures['range_changed']:>13.1%} {figures['expected_age_years']:>10.2f} "
                 f"{figures['zero_outputs']:>12.1%} {figures['lowest_sum']:>6.3f}-{figures['highest_sum']:.3f}"
             )
@@ -269,7 +273,7 @@ def main() -> None:
     for way, rate in rates.items():
         mark = "  <- served" if way == served else ""
         print(
-            f"{way:<22} {rate:6.0f} chips/s with the default settings (target >= 1400), "
+            f"{way:<26} {rate:6.0f} chips/s with the default settings (target >= 1400), "
             f"{rate / naive_rate:5.1f}x naive{mark}"
         )
 

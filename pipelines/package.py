@@ -3,8 +3,9 @@
 Exports the classifier to TFLite in float32 (checked against Keras) and as full-integer int8
 (calibrated on training photos' face chips), and the same for the distil stage's student when
 one is given. Measures every variant through the whole predict path (face detection, alignment,
-TFLite classifier) on the validation photos and serves the fastest whose accuracy the declared
-rule allows (`serving.choose_variant`, `package.max_accuracy_loss`). Saves it as the MLflow
+TFLite classifier) on the validation photos, with and without the mirror-image average, and
+serves the fastest whose accuracy the declared rule allows (`serving.choose_variant`,
+`package.max_accuracy_loss`). Saves it as the MLflow
 pyfunc (photo bytes in, one row per face out), logs it to the training run as `serving_model`
 (the register stage registers it), and reports the served variant on validation, test and the
 labelled new photos, with every variant's validation figures beside it.

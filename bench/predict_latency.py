@@ -213,7 +213,7 @@ def main() -> None:
     for chip in naive:
         keras_models["model"].predict(chip[None], verbose=0)
     naive_rate = len(naive) / (time.perf_counter() - start)
-    print(f"{'naive model.predict':<22} {size:>5} {'':>16} {naive_rate:>14.0f}")
+    print(f"{'naive model.predict':<26} {size:>5} {'':>18} {'':>22} {naive_rate:>10.0f}")
     # 4. a folder of photos, one at a time vs the pipelined stream of `agerange predict`
     print(f"\n4. A folder: {len(photos)} photos from JPEG files to answers (model float), two rounds")
     print(f"{'way':<34} {'photos/s':>9}")

@@ -1,7 +1,7 @@
 """DVC stage `distil`: one fast student network trained on the trained model's probabilities.
 
 The train stage's model (an ensemble of `train.ensemble_members` networks) labels every
-training face with its age distribution (mirror averaged); a single network of the same
+training face with its age distribution (averaged with its mirror image); a single network of the same
 backbone at `distil.image_size` is trained by the same recipe on those soft targets, blended
 with the labels' own (`distil.teacher_weight`). Logged as its own MLflow run, tagged with the
 teacher's run. The package stage measures it beside the trained model and serves it when the

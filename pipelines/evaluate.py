@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics")
     args = parser.parse_args()
     setup_logging()
-    # the served model's flip and decision rule, so these figures are the predict path's
+    # params.yaml's mirror setting and decision rule (the package stage may serve the model
+    # without the mirror; predict_path.json has the served variant's own figures)
     package = load_section("package")
     splits = pd.read_parquet(args.splits)
     val, test = _predict(args.model, splits, args.images, package)

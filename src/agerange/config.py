@@ -164,8 +164,9 @@ class PackageConfig:
     # (inference.decision_margin); None mirrors every face (a package saved without it)
     flip_margin: float | None = None
     neighbour_weight: float = 0.5
-    # the package stage serves the fastest variant (int8, distilled student) whose validation
-    # accuracy and within-one accuracy each lose at most this much against the trained model
+    # the package stage serves the fastest variant (int8, distilled student, each also without
+    # the mirror) whose validation and labelled new photos' accuracy and within-one each lose at
+    # most this much against the trained model in float with the mirror
     max_accuracy_loss: float = 0.005
     calibration_photos: int = 300  # training photos whose face chips calibrate the int8 export
     # the int8 export computes this many layers in float: those int8 serves worst on the

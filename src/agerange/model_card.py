@@ -40,8 +40,7 @@ def model_card(
         f"{info.get('ensemble_members', 1)} member(s), "
         f"{HEAD_WORDS.get(info.get('head', 'groups'), '')}, "
         "fine-tuned in two phases on UTKFace chips with real-photo variants; face detection BlazeFace, "
-        "alignment like a UTKFace chip, TFLite classifier averaged with the mirror image where its "
-        "answer is not already sure (`package.flip_margin`).",
+        f"alignment like a UTKFace chip, TFLite classifier {_mirror_words(info.get('predict', {}))}.",
         "", "## Data", "",
         "UTKFace (aligned 200 x 200 chips, ages from file names), split by age group x ethnicity; "
         "models are chosen on the validation split (and the labelled new photos), the test split "
@@ -82,6 +81,18 @@ def model_card(
         "- make-up, glasses, head coverings and occlusions are not measured separately yet",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _mirror_words(predict: dict[str, Any]) -> str:
+    """How the served model uses the mirror image (its saved `package` settings)."""
+    if not predict.get("flip", True):
+        return "on each face once, without the mirror image"
+    if predict.get("flip_margin") is None:
+        return "averaged with the mirror image of every face"
+    return (
+        "averaged with the mirror image where its answer leads the runner-up by less than "
+        f"{predict['flip_margin']} (`package.flip_margin`)"
+    )
 
 
 def _served_variant(choice: dict[str, Any] | None, layers_in_float: list[str] | None = None) -> list[str]:

@@ -214,7 +214,7 @@ def _int8_flatbuffer(exported, calibration: np.ndarray, float_layers: int) -> tu
     return flat, kept_in_float
 
 
-# The packaged classifiers `package_fastest` weighs, fastest first: the distilled student (one
+# The packaged classifiers `package_fastest` exports, fastest first: the distilled student (one
 # network, perhaps at a smaller input) before the trained model (an ensemble costs one top part
 # per member), and int8 before float (about twice the speed on a CPU).
 VARIANTS_FASTEST_FIRST = ("student int8", "student float", "model int8", "model float")
@@ -224,6 +224,8 @@ REFERENCE_VARIANT = "model float"  # the trained model as Keras computes it: wha
 # decides the mirror too, per model. Fastest first, as bench/predict_latency.py measured them in
 # one run on a 2-core CPU (chips/s on 2026-12-03; the default, measured on later days at 1.5-1.6x
 # mirroring every face, taken as 1.5x: 778, about 530, 516, 394, about 340, about 280, 213, about 150).
+# The order assumes the default `flip_margin`; with every face mirrored (null) an int8 variant
+# with the mirror is about as fast as a float one without it, and still comes later.
 UNMIRRORED = " without mirror"
 CANDIDATES_FASTEST_FIRST = (
     "student int8" + UNMIRRORED,
@@ -454,8 +456,9 @@ def package_fastest(
 def _rule_text(variants: list[str], max_loss: float) -> str:
     return (
         f"fastest of {', '.join(variants)} losing at most {max_loss * 100:.1f} points "
-        f"against {REFERENCE_VARIANT} in validation accuracy and within-one accuracy and in the "
-        "labelled new photos' range accuracy and within-one (whole predict path)"
+        f"against {REFERENCE_VARIANT} (with the configured mirror) in validation accuracy and "
+        "within-one accuracy and in the labelled new photos' range accuracy and within-one (whole "
+        "predict path)"
     )
 
 

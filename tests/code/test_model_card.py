@@ -54,3 +54,18 @@ def test_the_card_names_the_served_variant_and_every_variants_validation_figures
     assert "| model int8 | 58.9% | 94.4% | 41.9% | 82.6% |" in card
     assert "| model float | 59.0% | 94.9% | - | - |" in card
     assert "computes these layers in float: block_2_depthwise_relu." in card
+
+
+def test_the_card_says_how_the_served_model_uses_the_mirror_image():
+    info = {"backbone": "mobilenet_v2", "image_size": 160}
+    cards = {
+        name: model_card({**info, "predict": predict}, {}, {}, None)
+        for name, predict in {
+            "off": {"flip": False, "flip_margin": 0.1},
+            "every face": {"flip": True, "flip_margin": None},
+            "unsure": {"flip": True, "flip_margin": 0.1},
+        }.items()
+    }
+    assert "TFLite classifier on each face once, without the mirror image." in cards["off"]
+    assert "averaged with the mirror image of every face." in cards["every face"]
+    assert "where its answer leads the runner-up by less than 0.1" in cards["unsure"]

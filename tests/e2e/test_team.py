@@ -214,8 +214,8 @@ def test_two_clones_sweep_one_study_the_nightly_registers_and_records_it_and_a_c
     new_photos = predict_path["new_photos"]
     assert new_photos["labelled_photos"] == NEW_PHOTOS and new_photos["photos_with_face"] > 0.9 * NEW_PHOTOS
     assert 0 < new_photos["range_accuracy"] <= new_photos["range_within_one"] <= 1
-    # the distil stage's student and the trained model, each in float and int8, measured on
-    # validation; the served one is the rule's choice, and the card says which
+    # the distil stage's student and the trained model, each in float and int8, with and without
+    # the mirror, measured on validation; the served one is the rule's choice, and the card says which
     variant = predict_path["variant"]
     assert set(variant["val"]) == set(CANDIDATES_FASTEST_FIRST)
     assert variant["chosen"] == choose_variant(variant["val"], 0.005)

@@ -139,6 +139,19 @@ def test_package_exports_int8_variants_measures_each_and_serves_the_chosen_one(t
     assert served["precision"] == precision and served["image_size"] == models[kind][1]["image_size"]
     assert AgePredictor.from_directory(tmp_path / "serving").predict_file(photos[0]).faces
 
+    # an allowance every candidate meets serves the fastest, unmirrored, and saves flip off
+    import dataclasses
+
+    lenient = dataclasses.replace(settings, max_accuracy_loss=0.99)
+    choice = package_fastest(models, tmp_path / "lenient", lenient, photos[:8], groups[:8], photos[8:])
+    assert choice["chosen"] == CANDIDATES_FASTEST_FIRST[0] == "student int8" + UNMIRRORED
+    unmirrored = AgePredictor.from_directory(tmp_path / "lenient")
+    assert unmirrored.flip is False and unmirrored.image_size == 32
+    assert (
+        json.loads((tmp_path / "lenient" / "artifacts" / "model_info.json").read_text())["predict"]["flip"]
+        is False
+    )
+
     # the int8 export of a model with the age distribution head against its float export on the
     # same chips: the output layer runs in float beside the int8 file, so the distribution's
     # tails (about 1/AGE_BINS each) survive instead of rounding to multiples of 1/256

@@ -69,8 +69,6 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()  # before TensorFlow is imported: it quiets the notices a CPU run prints
 
-    import keras
-
     from agerange.faces import CHIP_SIZE, FaceDetector, align_face, select_faces
     from agerange.predict import AgePredictor, find_photos
     from agerange.preprocess import chip_pixels, read_image
@@ -81,6 +79,7 @@ def main() -> None:
         calibration_sample,
         export_variant,
         export_variants,
+        load_models,
         output_fidelity,
     )
 
@@ -94,11 +93,12 @@ def main() -> None:
     # the variants, exported by the package stage's own function
     scratch = Path(tempfile.mkdtemp(prefix="agerange-bench-"))
     calibration = calibration_sample(pd.read_parquet(args.splits), args.chips, settings.calibration_photos)
-    keras_models, models = {}, {}
-    for kind, folder in (("model", args.model), ("student", args.student)):
-        if (folder / "model.keras").is_file():
-            keras_models[kind] = keras.models.load_model(folder / "model.keras", compile=False)
-            models[kind] = (keras_models[kind], json.loads((folder / "model_info.json").read_text()))
+    # the package stage's own loader: a student the distil stage skipped (distil.enabled) is left out
+    folders = {"model": (args.model, "train")}
+    if args.student.is_dir():
+        folders["student"] = (args.student, "distil")
+    models, _ = load_models(folders)
+    keras_models = {kind: model for kind, (model, _) in models.items()}
     folders, _ = export_variants(models, scratch, settings, calibration)
     if settings.int8_float_layers:
         # what leaving the least quantizable layers in float costs and gains, side by side

@@ -120,9 +120,11 @@ def range_accuracy(described: pd.DataFrame, labels: pd.DataFrame) -> dict[str, f
 
     Args:
         described: `describe_photos` output (column `photo` is the file name).
-        labels: FairFace labels (`filename`, `age_min`).
+        labels: FairFace labels (`filename`, `age_min`; other columns are ignored).
     """
-    merged = described.merge(labels, left_on="photo", right_on="filename")
+    # only the label columns used: FairFace's own labels.csv also has an `age_range` column, which
+    # would rename the answer's to `age_range_x` and silently judge the expected age's range instead
+    merged = described.merge(labels[["filename", "age_min"]], left_on="photo", right_on="filename")
     if merged.empty:
         return {}
     predicted = metrics.fairface_ranges(merged["expected_age"].to_numpy(np.float64))

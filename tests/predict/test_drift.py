@@ -21,6 +21,25 @@ def test_fairface_ranges_and_range_accuracy():
     assert accuracy["range_accuracy_all_photos"] == 0.5 and accuracy["photos_with_face"] == 3
 
 
+def test_range_accuracy_judges_the_chosen_range_even_when_the_labels_name_theirs():
+    """FairFace's labels.csv has an `age_range` column of its own: the answer judged is still the
+    range the predictor chose from its range probabilities, not the range of its expected age."""
+    described = pd.DataFrame(
+        {"photo": ["a.jpg", "b.jpg"], "expected_age": [25.0, 44.0], "age_range": ["30-39", "40-49"]}
+    )
+    labels = pd.DataFrame(
+        {
+            "filename": ["a.jpg", "b.jpg"],
+            "age_range": ["30-39", "30-39"],
+            "age_min": [30, 30],
+            "gender": ["x", "y"],
+        }
+    )
+    accuracy = range_accuracy(described, labels)
+    # a.jpg: chosen 30-39 is right (its expected age 25 would be 20-29); b.jpg: 40-49 is one off
+    assert accuracy["range_accuracy"] == 0.5 and accuracy["range_within_one"] == 1.0
+
+
 def test_category_test_compares_two_samples_not_one_against_exact_frequencies():
     """One 'no face' photo among 200, where the reference of 350 had none, is no evidence of drift
     (Evidently's `chisquare` gives p = 0 there); a real shift of the mix still is."""

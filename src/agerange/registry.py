@@ -22,6 +22,13 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous_champion"
 
+# How each side's figures are measured, by version: bump a side's number when its figures change
+# meaning, so that a champion scored the old way is not compared with a new score as if alike.
+# new_photos 2: the range the predictor chose is judged (before commit 1d6a8db FairFace's
+# labels.csv hid it and the range of the expected age was judged instead).
+SIDE_MEASURES = {"new_photos": 2}
+MEASURE_TAG = "score_measure"
+
 
 def metric_score(figures: dict, metric: str, split: str) -> float:
     """The value of `metric` among `figures` (named `<side>_<key>`, as a version's tags are);
@@ -32,6 +39,13 @@ def metric_score(figures: dict, metric: str, split: str) -> float:
     """
     keys = [part.replace(".", "_", 1) if "." in part else f"{split}_{part}" for part in metric.split("+")]
     return sum(float(figures[key]) for key in keys) / len(keys)
+
+
+def score_measure(metric: str) -> str:
+    """How a metric's score is measured, for comparing versions: the measure version of every side
+    the metric reads that has one (`new_photos:2`), or "" when none of its parts has changed."""
+    sides = {part.split(".", 1)[0] for part in metric.split("+") if "." in part}
+    return ",".join(f"{side}:{SIDE_MEASURES[side]}" for side in sorted(sides & SIDE_MEASURES.keys()))
 
 
 def beats(candidate: float, incumbent: float | None, greater_is_better: bool = True) -> bool:
@@ -73,15 +87,18 @@ def register(
     greater_is_better: bool = True,
     name: str = MODEL_NAME,
     score_from_tags: Callable[[dict[str, str]], float] | None = None,
+    measure: str = "",
 ) -> dict[str, Any]:
     """Register a logged model; move `champion` to it only if it beats the current champion.
 
     The comparison uses the `metric` tag stored on each version when it was registered; a
     champion registered before that metric existed is scored by `score_from_tags` (its other
-    tags), and one that cannot be scored is kept. A version that does not win gets the
-    `challenger` alias. A version from the champion's own training run with the same score is
-    the same weights packaged anew (say, with a newer serving wrapper): it takes over
-    `champion`, since it is not worse.
+    tags), and one that cannot be scored is kept. So is one whose score was measured another
+    way (its `score_measure` tag, "" when absent, differs from `measure`: see `score_measure`).
+    A version that does not win gets the `challenger` alias. A version from the champion's own
+    training run with the same score, or with a score measured another way, is the same
+    weights packaged anew (say, with a newer serving wrapper or measurement): it takes over
+    `champion`, since nothing shows it is worse.
 
     Returns:
         version, alias given (champion or challenger), the metric and both scores.
@@ -89,16 +106,20 @@ def register(
     client = mlflow.MlflowClient()
     incumbent_version = _champion(client, name)
     incumbent = _version_score(incumbent_version.tags, metric, score_from_tags) if incumbent_version else None
+    incumbent_measure = incumbent_version.tags.get(MEASURE_TAG, "") if incumbent_version else measure
+    measured_alike = incumbent_measure == measure
     version = mlflow.register_model(
-        model_uri, name, tags={metric: str(score), **{k: str(v) for k, v in tags.items()}}
+        model_uri,
+        name,
+        tags={metric: str(score), MEASURE_TAG: measure, **{k: str(v) for k, v in tags.items()}},
     )
     repackaged = (
         incumbent_version is not None
         and "run_id" in tags
         and incumbent_version.tags.get("run_id") == str(tags["run_id"])
-        and incumbent == score
+        and (incumbent == score or not measured_alike)
     )
-    comparable = incumbent_version is None or incumbent is not None
+    comparable = incumbent_version is None or (incumbent is not None and measured_alike)
     wins = repackaged or (comparable and beats(score, incumbent, greater_is_better))
     alias = CHAMPION if wins else CHALLENGER
     if alias == CHAMPION and incumbent_version is not None:
@@ -112,6 +133,8 @@ def register(
         "score": score,
         "champion_score_before": incumbent,
         "champion_version_before": int(incumbent_version.version) if incumbent_version else None,
+        "measure": measure,
+        "champion_measure_before": incumbent_measure,
     }
 
 
@@ -136,6 +159,7 @@ def register_evaluated(
         settings.greater_is_better,
         settings.name,
         score_from_tags=lambda version_tags: metric_score(version_tags, metric, split),
+        measure=score_measure(metric),
     )
 
 
@@ -148,7 +172,19 @@ def describe_outcome(outcome: dict[str, Any], settings: RegisterConfig) -> str:
     """One sentence: the new version, its score, the alias it got and why."""
     split, metric = settings.split, settings.metric
     before, before_version = outcome["champion_score_before"], outcome["champion_version_before"]
-    if before is not None:
+    before_measure, measure = outcome.get("champion_measure_before", ""), outcome.get("measure", "")
+    if before_version is not None and before_measure != measure:
+        scored = f", {before:.4f}" if before is not None else ""
+        then = (
+            "its own training run measured anew, so it takes over."
+            if outcome["repackaged"]
+            else "not comparable, so it is kept (compare the two and move the alias by hand)."
+        )
+        verdict = (
+            f"the champion (version {before_version}{scored}) was measured as "
+            f"'{before_measure or 'original'}', this one as '{measure or 'original'}': {then}"
+        )
+    elif before is not None:
         verdict = f"the champion had {before:.4f} (version {before_version})."
     elif before_version is None:
         verdict = "there was no champion before."

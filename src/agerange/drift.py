@@ -147,14 +147,31 @@ def range_accuracy(described: pd.DataFrame, labels: pd.DataFrame) -> dict[str, f
 def new_photo_accuracy(predictor, folder: Path) -> dict[str, float]:
     """FairFace-range accuracy of `predictor` on a folder of new photos with a `labels.csv`
     (`filename`, `age_min`), through the whole predict path; {} when the folder has no labels."""
-    labels_file = Path(folder) / "labels.csv"
-    if not labels_file.is_file():
+    if (labels := photo_labels(folder)) is None:
         return {}
-    labels = pd.read_csv(labels_file)
     names = labels["filename"].tolist()
-    paths = [Path(folder) / name for name in names]
-    described = describe_photos(answering_in_fairface_ranges(predictor), paths, names)
+    described = describe_photos(
+        answering_in_fairface_ranges(predictor), [Path(folder) / n for n in names], names
+    )
     return range_accuracy(described, labels)
+
+
+def photo_labels(folder: Path) -> pd.DataFrame | None:
+    """A new-photo folder's `labels.csv` (`filename`, `age_min`, ...), or None when it has none."""
+    labels_file = Path(folder) / "labels.csv"
+    return pd.read_csv(labels_file) if labels_file.is_file() else None
+
+
+def answers_table(results: list) -> pd.DataFrame:
+    """What `range_accuracy` judges of each photo's predictions (`PhotoPrediction`s): `photo`, and
+    its largest face's `expected_age` and `age_range` (NaN and None where no face was found)."""
+    return pd.DataFrame(
+        {
+            "photo": [result.photo for result in results],
+            "expected_age": [result.faces[0].expected_age if result.faces else np.nan for result in results],
+            "age_range": [result.faces[0].age_range if result.faces else None for result in results],
+        }
+    )
 
 
 def answering_in_fairface_ranges(predictor):

@@ -372,6 +372,27 @@ class AgePredictor:
             for pick, row in zip(chosen, range_probs, strict=True)
         ]
 
+    def prepare_many(
+        self, sources: Sequence[Path | bytes], names: Sequence[str] | None = None, workers: int = 2
+    ) -> list[PreparedPhoto]:
+        """`prepare` for many photos in `workers` threads, in order. They keep their decoded images
+        and chips, so several classifiers or settings can be measured on one decoding and detection
+        (`predict_prepared`)."""
+        labels = list(names) if names is not None else [None] * len(sources)
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            return list(pool.map(self.prepare, sources, labels))
+
+    def predict_prepared(
+        self, prepared: Sequence[PreparedPhoto], batch_photos: int = 32
+    ) -> list[PhotoPrediction]:
+        """Predictions for photos prepared earlier, by this predictor or another with the same detector
+        settings and chip size, classified `batch_photos` photos at a time."""
+        return [
+            result
+            for start in range(0, len(prepared), batch_photos)
+            for result, _ in self.classify(list(prepared[start : start + batch_photos]))
+        ]
+
     def predict_file(self, source: Path | bytes, name: str | None = None) -> PhotoPrediction:
         """Predictions for a photo file or its bytes; an unreadable photo gives a result with `error`."""
         return self.classify([self.prepare(source, name)])[0][0]
@@ -435,15 +456,21 @@ def predict_path_metrics(predictor: AgePredictor, photos: list[Path], groups: np
     The largest face of each photo is its answer; a photo with no face found counts as wrong,
     as it would for a user. Returns accuracy, within_one, faces_found (shares) and n.
     """
-    predicted = np.full(len(photos), metrics.NO_ANSWER)
-    for index, (_, result) in enumerate(predictor.stream(photos)):
-        if result.faces:
-            predicted[index] = result.faces[0].group_index
+    return answer_metrics([result for _, result in predictor.stream(photos)], groups)
+
+
+def answer_metrics(results: Sequence[PhotoPrediction], groups: np.ndarray) -> dict[str, float]:
+    """Accuracy of the predictions of labelled photos (`groups`, in the same order): the largest
+    face of each photo is its answer; a photo with no face found counts as wrong."""
+    predicted = np.array(
+        [result.faces[0].group_index if result.faces else metrics.NO_ANSWER for result in results],
+        dtype=np.int64,
+    )
     return {
         "accuracy": metrics.exact_accuracy(predicted, groups),
         "within_one": metrics.within_one(predicted, groups),
         "faces_found": float((predicted != metrics.NO_ANSWER).mean()),
-        "n": len(photos),
+        "n": len(results),
     }
 
 

@@ -27,7 +27,13 @@ from PIL import Image
 
 import agerange
 from agerange.config import PackageConfig
-from agerange.drift import new_photo_accuracy
+from agerange.drift import (
+    answering_in_fairface_ranges,
+    answers_table,
+    new_photo_accuracy,
+    photo_labels,
+    range_accuracy,
+)
 from agerange.faces import packaged_detector_path
 from agerange.files import atomic_path
 from agerange.inference import decide_groups, expected_ages, group_probabilities, range_probabilities
@@ -41,6 +47,7 @@ from agerange.predict import (
     AgePredictor,
     Classifier,
     PhotoPrediction,
+    answer_metrics,
     predict_path_metrics,
     result_rows,
 )
@@ -398,15 +405,50 @@ def output_fidelity(reference: np.ndarray, variant: np.ndarray, neighbour_weight
     }
 
 
-def measure_variant(
-    folder: Path, val_photos: list[Path], val_groups: np.ndarray, new_photos: Path | None, **settings: Any
-) -> dict[str, float]:
-    """A packaged variant through the whole predict path: validation accuracy, within-one and
-    faces found, and with labelled `new_photos` their range accuracy and within-one."""
-    predictor = AgePredictor.from_directory(folder, **settings)
-    figures = predict_path_metrics(predictor, val_photos, val_groups)
-    if new_photos is not None and (found := new_photo_accuracy(predictor, new_photos)):
-        figures |= {f"new_photos_{key}": found[key] for key in ("range_accuracy", "range_within_one")}
+def measure_variants(
+    folders: dict[str, Path],
+    val_photos: list[Path],
+    val_groups: np.ndarray,
+    new_photos: Path | None = None,
+    unmirrored: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Packaged variants through the whole predict path: validation accuracy, within-one and faces
+    found, and with labelled `new_photos` their range accuracy and within-one; with `unmirrored`
+    each variant also without the mirror-image average (named `name + UNMIRRORED`).
+
+    Decoding, detection and alignment do not depend on the classifier: they run once for all
+    variants that share a chip size and detector settings, and each variant classifies the same
+    prepared photos (as `agerange predict` would prepare them).
+    """
+    labels = photo_labels(new_photos) if new_photos is not None else None
+    new_names = [] if labels is None else labels["filename"].tolist()
+    prepared: dict[tuple, tuple[list, list]] = {}
+    ways = {"": {}} | ({UNMIRRORED: {"flip": False}} if unmirrored else {})
+    figures = {}
+    for name, folder in folders.items():
+        for suffix, overrides in ways.items():
+            predictor = AgePredictor.from_directory(folder, **overrides)
+            detector = predictor.detector
+            cut = (predictor.image_size, detector.name, detector.min_score, predictor.min_face_pixels)
+            if cut not in prepared:
+                new = (
+                    predictor.prepare_many([new_photos / n for n in new_names], new_names)
+                    if new_names
+                    else []
+                )
+                prepared[cut] = (predictor.prepare_many(val_photos), new)
+            val_prepared, new_prepared = prepared[cut]
+            figures[name + suffix] = found = answer_metrics(
+                predictor.predict_prepared(val_prepared), val_groups
+            )
+            if new_prepared:
+                answers = answers_table(
+                    answering_in_fairface_ranges(predictor).predict_prepared(new_prepared)
+                )
+                if ranges := range_accuracy(answers, labels):
+                    found |= {
+                        f"new_photos_{key}": ranges[key] for key in ("range_accuracy", "range_within_one")
+                    }
     return figures
 
 
@@ -431,12 +473,7 @@ def package_fastest(
     """
     with tempfile.TemporaryDirectory() as scratch:
         folders, gaps = export_variants(models, Path(scratch), settings, calibration_photos)
-        val = {}
-        for name, folder in folders.items():
-            val[name] = measure_variant(folder, val_photos, val_groups, new_photos)
-            if settings.flip:
-                unmirrored = measure_variant(folder, val_photos, val_groups, new_photos, flip=False)
-                val[name + UNMIRRORED] = unmirrored
+        val = measure_variants(folders, val_photos, val_groups, new_photos, unmirrored=settings.flip)
         for name, figures in val.items():
             log.info("%s: %s", name, ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
         chosen = choose_variant(val, settings.max_accuracy_loss)

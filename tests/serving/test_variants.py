@@ -79,7 +79,6 @@ def test_the_rule_also_holds_each_variant_to_the_labelled_new_photos_when_they_w
     assert choose_variant({**val, "model int8": _figures(0.6, 0.96)}, 0.06) == "model float"
 
 
-@pytest.mark.slow
 def _ages(*ages: int) -> np.ndarray:
     """Distribution-head outputs with all the mass on one year per row."""
     return np.eye(AGE_BINS, dtype=np.float32)[list(ages)]
@@ -191,6 +190,59 @@ def test_package_exports_int8_variants_measures_each_and_serves_the_chosen_one(t
     assert "\n" not in str(refused.value)
     with pytest.raises(ValueError, match="no calibration chips"):
         export_variant(model, info, tmp_path / "e", settings, calibration=chips[:0])
+
+
+def test_every_variant_is_measured_on_one_preparation_of_the_photos_as_predict_would_measure_it(
+    tmp_path, monkeypatch
+):
+    """The package stage decodes, detects and aligns the photos once per chip size, not once per
+    variant and mirror setting, and each variant's figures are those of its own predict path."""
+    import shutil
+
+    import keras
+    import pandas as pd
+
+    from agerange.config import load_section
+    from agerange.drift import new_photo_accuracy
+    from agerange.labels import GROUP_NAMES
+    from agerange.model import build_classifier
+    from agerange.predict import AgePredictor, predict_path_metrics
+    from agerange.serving import export_variant, measure_variants
+    from tests.conftest import PROJECT_ROOT
+
+    keras.utils.set_random_seed(3)
+    settings = load_section("package", PROJECT_ROOT / "params.yaml")
+    folders = {}
+    for name, size in (("wide float", 40), ("wide again", 40), ("narrow float", 32)):
+        info = {"backbone": "small_cnn", "image_size": size, "class_names": list(GROUP_NAMES), "head": "ages"}
+        model = build_classifier("small_cnn", size, Path("unused"), dropout=0.1, head="ages")
+        export_variant(model, info, tmp_path / name.replace(" ", "_"), settings)
+        folders[name] = tmp_path / name.replace(" ", "_")
+    photos = sorted(FAIRFACE.glob("*.jpg"))
+    val_photos, groups = photos[:6], np.arange(6) % 10
+    new_photos = tmp_path / "new"
+    new_photos.mkdir()
+    labels = pd.read_csv(FAIRFACE / "labels.csv").sort_values("filename").iloc[6:11]
+    for name in labels["filename"]:
+        shutil.copy(FAIRFACE / name, new_photos / name)
+    labels.to_csv(new_photos / "labels.csv", index=False)
+
+    prepared = []
+    prepare = AgePredictor.prepare
+    monkeypatch.setattr(
+        AgePredictor, "prepare", lambda self, *a, **k: prepared.append(1) or prepare(self, *a, **k)
+    )
+    measured = measure_variants(folders, val_photos, groups, new_photos, unmirrored=True)
+    # two chip sizes, each cutting the 6 validation and 5 new photos once, for six measurements
+    assert len(measured) == 6 and len(prepared) == 2 * (6 + 5)
+
+    for name, folder in folders.items():
+        for suffix, overrides in (("", {}), (UNMIRRORED, {"flip": False})):
+            predictor = AgePredictor.from_directory(folder, **overrides)
+            expected = predict_path_metrics(predictor, val_photos, groups)
+            ranges = new_photo_accuracy(predictor, new_photos)
+            expected |= {f"new_photos_{key}": ranges[key] for key in ("range_accuracy", "range_within_one")}
+            assert measured[name + suffix] == expected, name + suffix
 
 
 def test_int8_export_keeps_the_layers_it_serves_worst_in_float(tmp_path, monkeypatch):

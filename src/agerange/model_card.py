@@ -6,8 +6,8 @@ from typing import Any
 import pandas as pd
 
 INTENDED_USE = (
-    "Estimate the age range of each face in a photo (ten groups, Baby to Senior, or FairFace's "
-    "ranges through the expected age) for collections and aggregate statistics. Not for decisions "
+    "Estimate the age range of each face in a photo (ten groups, Baby to Senior, or the ranges set "
+    "in package.ranges, such as FairFace's) for collections and aggregate statistics. Not for decisions "
     "about one person (age checks, access, hiring): a third of exact answers are wrong, and "
     "errors are larger for some groups and conditions (below)."
 )

@@ -22,8 +22,9 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous_champion"
 
-# How each side's figures are measured, by version: bump a side's number when its figures change
-# meaning, so that a champion scored the old way is not compared with a new score as if alike.
+# How each side's figures are measured, by version (1 for a side not listed): bump a side's
+# number when its figures change meaning, so that a champion scored the old way is not compared
+# with a new score as if alike. Every version records them all in its MEASURE_TAG.
 # new_photos 2: the range the predictor chose is judged (before commit 1d6a8db FairFace's
 # labels.csv hid it and the range of the expected age was judged instead).
 SIDE_MEASURES = {"new_photos": 2}
@@ -41,11 +42,17 @@ def metric_score(figures: dict, metric: str, split: str) -> float:
     return sum(float(figures[key]) for key in keys) / len(keys)
 
 
-def score_measure(metric: str) -> str:
-    """How a metric's score is measured, for comparing versions: the measure version of every side
-    the metric reads that has one (`new_photos:2`), or "" when none of its parts has changed."""
-    sides = {part.split(".", 1)[0] for part in metric.split("+") if "." in part}
-    return ",".join(f"{side}:{SIDE_MEASURES[side]}" for side in sorted(sides & SIDE_MEASURES.keys()))
+def metric_sides(metric: str) -> set[str]:
+    """The sides a register metric reads besides its split (`new_photos` in
+    `accuracy+new_photos.range_accuracy`)."""
+    return {part.split(".", 1)[0] for part in metric.split("+") if "." in part}
+
+
+def _measures_of(sides: set[str], recorded: str | None) -> str:
+    """How `sides` were measured, from a version's MEASURE_TAG (None: a version registered before
+    the tag existed, every side measured the first way): 'new_photos:2'."""
+    versions = dict(item.split(":", 1) for item in recorded.split(",") if item) if recorded else {}
+    return ",".join(f"{side}:{versions.get(side, '1')}" for side in sorted(sides & SIDE_MEASURES.keys()))
 
 
 def beats(candidate: float, incumbent: float | None, greater_is_better: bool = True) -> bool:
@@ -87,14 +94,15 @@ def register(
     greater_is_better: bool = True,
     name: str = MODEL_NAME,
     score_from_tags: Callable[[dict[str, str]], float] | None = None,
-    measure: str = "",
+    sides: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Register a logged model; move `champion` to it only if it beats the current champion.
 
     The comparison uses the `metric` tag stored on each version when it was registered; a
     champion registered before that metric existed is scored by `score_from_tags` (its other
-    tags), and one that cannot be scored is kept. So is one whose score was measured another
-    way (its `score_measure` tag, "" when absent, differs from `measure`: see `score_measure`).
+    tags), and one that cannot be scored is kept. So is one whose figures of the other `sides`
+    the metric reads were measured another way (SIDE_MEASURES, recorded in each version's
+    `score_measure` tag).
     A version that does not win gets the `challenger` alias. A version from the champion's own
     training run with the same score, or with a score measured another way, is the same
     weights packaged anew (say, with a newer serving wrapper or measurement): it takes over
@@ -106,12 +114,16 @@ def register(
     client = mlflow.MlflowClient()
     incumbent_version = _champion(client, name)
     incumbent = _version_score(incumbent_version.tags, metric, score_from_tags) if incumbent_version else None
-    incumbent_measure = incumbent_version.tags.get(MEASURE_TAG, "") if incumbent_version else measure
+    recorded = ",".join(f"{side}:{number}" for side, number in sorted(SIDE_MEASURES.items()))
+    measure = _measures_of(set(sides), recorded)
+    incumbent_measure = (
+        _measures_of(set(sides), incumbent_version.tags.get(MEASURE_TAG)) if incumbent_version else measure
+    )
     measured_alike = incumbent_measure == measure
     version = mlflow.register_model(
         model_uri,
         name,
-        tags={metric: str(score), MEASURE_TAG: measure, **{k: str(v) for k, v in tags.items()}},
+        tags={metric: str(score), MEASURE_TAG: recorded, **{k: str(v) for k, v in tags.items()}},
     )
     repackaged = (
         incumbent_version is not None
@@ -159,7 +171,7 @@ def register_evaluated(
         settings.greater_is_better,
         settings.name,
         score_from_tags=lambda version_tags: metric_score(version_tags, metric, split),
-        measure=score_measure(metric),
+        sides=metric_sides(metric),
     )
 
 
@@ -181,8 +193,8 @@ def describe_outcome(outcome: dict[str, Any], settings: RegisterConfig) -> str:
             else "not comparable, so it is kept (compare the two and move the alias by hand)."
         )
         verdict = (
-            f"the champion (version {before_version}{scored}) was measured as "
-            f"'{before_measure or 'original'}', this one as '{measure or 'original'}': {then}"
+            f"the champion (version {before_version}{scored}) was measured as {before_measure}, "
+            f"this one as {measure}: {then}"
         )
     elif before is not None:
         verdict = f"the champion had {before:.4f} (version {before_version})."

@@ -163,22 +163,32 @@ def test_a_run_reference_names_its_store_and_reading_it_sets_nothing(tmp_path, s
 def test_a_champion_scored_by_an_older_measure_is_not_compared_as_if_alike(store):
     """When a side's figures change meaning (registry.SIDE_MEASURES), a new score is not held
     against the champion's old one: another training run is kept as challenger however it
-    scores; the champion's own training run, measured anew, takes over."""
+    scores; the champion's own training run, measured anew, takes over. A metric that does not
+    read that side compares as before."""
     metric = "val_accuracy_and_within_one_and_new_photos.range_accuracy"
-    measure = registry.score_measure("accuracy+within_one+new_photos.range_accuracy")
-    assert measure == "new_photos:2" and registry.score_measure("accuracy+within_one") == ""
+    sides = registry.metric_sides("accuracy+within_one+new_photos.range_accuracy")
+    assert sides == {"new_photos"} and registry.metric_sides("accuracy+within_one") == set()
+    assert registry.SIDE_MEASURES["new_photos"] >= 2
     champion_uri = _log(store, 1)
     run_id = champion_uri.split("/")[1]
-    registry.register(champion_uri, metric, 0.66, {"run_id": run_id})  # registered before measures: no tag
+    registry.register(champion_uri, metric, 0.66, {"run_id": run_id}, sides=sides)
+    # version 1 as registered before measures were recorded
+    mlflow.MlflowClient().delete_model_version_tag("agerange", "1", registry.MEASURE_TAG)
     other = _log(store, 2)
-    higher = registry.register(other, metric, 0.70, {"run_id": other.split("/")[1]}, measure=measure)
-    assert higher["alias"] == "challenger" and higher["champion_measure_before"] == ""
-    again = registry.register(champion_uri, metric, 0.65, {"run_id": run_id}, measure=measure)
-    assert again["alias"] == "champion" and again["repackaged"]
+    higher = registry.register(other, metric, 0.70, {"run_id": other.split("/")[1]}, sides=sides)
+    assert higher["alias"] == "challenger" and higher["champion_measure_before"] == "new_photos:1"
+    again = registry.register(champion_uri, metric, 0.65, {"run_id": run_id}, sides=sides)
+    assert again["alias"] == "champion" and again["repackaged"] and again["measure"] == "new_photos:2"
     assert registry.aliases() == {"champion": 3, "previous_champion": 1, "challenger": 2}
     # from now on scores of the same measure compare as before
-    lower = registry.register(other, metric, 0.64, {"run_id": other.split("/")[1]}, measure=measure)
+    lower = registry.register(other, metric, 0.64, {"run_id": other.split("/")[1]}, sides=sides)
     assert lower["alias"] == "challenger" and lower["champion_score_before"] == 0.65
+    # a metric of the validation split alone reads no re-measured side: the old champion compares
+    mean = "val_accuracy_and_within_one"
+    registry.register(champion_uri, mean, 0.75, {}, name="validation_only")
+    mlflow.MlflowClient().delete_model_version_tag("validation_only", "1", registry.MEASURE_TAG)
+    assert registry.register(other, mean, 0.74, {}, name="validation_only")["alias"] == "challenger"
+    assert registry.register(other, mean, 0.76, {}, name="validation_only")["alias"] == "champion"
 
     from agerange.config import RegisterConfig
 
@@ -189,6 +199,6 @@ def test_a_champion_scored_by_an_older_measure_is_not_compared_as_if_alike(store
         greater_is_better=True,
     )
     said = registry.describe_outcome(higher, settings)
-    assert "version 1, 0.6600) was measured as 'original', this one as 'new_photos:2'" in said
+    assert "(version 1, 0.6600) was measured as new_photos:1, this one as new_photos:2" in said
     assert "not comparable, so it is kept" in said
     assert "measured anew, so it takes over" in registry.describe_outcome(again, settings)

@@ -379,6 +379,8 @@ class AgePredictor:
         and chips, so several classifiers or settings can be measured on one decoding and detection
         (`predict_prepared`)."""
         labels = list(names) if names is not None else [None] * len(sources)
+        if len(labels) != len(sources):
+            raise ValueError(f"prepare_many: {len(sources)} photos but {len(labels)} names")
         with ThreadPoolExecutor(max(1, workers)) as pool:
             return list(pool.map(self.prepare, sources, labels))
 

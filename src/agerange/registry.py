@@ -51,7 +51,9 @@ def metric_sides(metric: str) -> set[str]:
 def _measures_of(sides: set[str], recorded: str | None) -> str:
     """How `sides` were measured, from a version's MEASURE_TAG (None: a version registered before
     the tag existed, every side measured the first way): 'new_photos:2'."""
-    versions = dict(item.split(":", 1) for item in recorded.split(",") if item) if recorded else {}
+    # an item without a version (a hand-edited tag) reads as an unknown measure, never as alike
+    items = [item.partition(":") for item in recorded.split(",") if item] if recorded else []
+    versions = {side: version or "unknown" for side, _, version in items}
     return ",".join(f"{side}:{versions.get(side, '1')}" for side in sorted(sides & SIDE_MEASURES.keys()))
 
 

@@ -432,7 +432,7 @@ def measure_variants(
             cut = (predictor.image_size, detector.name, detector.min_score, predictor.min_face_pixels)
             if cut not in prepared:
                 new = (
-                    predictor.prepare_many([new_photos / n for n in new_names], new_names)
+                    predictor.prepare_many([Path(new_photos) / n for n in new_names], new_names)
                     if new_names
                     else []
                 )

@@ -183,6 +183,10 @@ def test_a_champion_scored_by_an_older_measure_is_not_compared_as_if_alike(store
     # from now on scores of the same measure compare as before
     lower = registry.register(other, metric, 0.64, {"run_id": other.split("/")[1]}, sides=sides)
     assert lower["alias"] == "challenger" and lower["champion_score_before"] == 0.65
+    # a hand-edited tag without a version is an unknown measure, never alike
+    mlflow.MlflowClient().set_model_version_tag("agerange", "3", registry.MEASURE_TAG, "new_photos")
+    unknown = registry.register(other, metric, 0.99, {"run_id": other.split("/")[1]}, sides=sides)
+    assert unknown["alias"] == "challenger" and unknown["champion_measure_before"] == "new_photos:unknown"
     # a metric of the validation split alone reads no re-measured side: the old champion compares
     mean = "val_accuracy_and_within_one"
     registry.register(champion_uri, mean, 0.75, {}, name="validation_only")

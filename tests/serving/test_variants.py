@@ -103,6 +103,7 @@ def test_fidelity_counts_the_answers_a_variant_changes_and_rows_that_stop_being_
         output_fidelity(reference, variant[:, :10], 0.0)
 
 
+@pytest.mark.slow
 def test_package_exports_int8_variants_measures_each_and_serves_the_chosen_one(tmp_path):
     """Two small CNNs (model and student, another input size) through the real exports, the
     real predict path on real photos, and the rule; the int8 file reads uint8 pixels and answers
@@ -219,7 +220,11 @@ def test_every_variant_is_measured_on_one_preparation_of_the_photos_as_predict_w
         export_variant(model, info, tmp_path / name.replace(" ", "_"), settings)
         folders[name] = tmp_path / name.replace(" ", "_")
     photos = sorted(FAIRFACE.glob("*.jpg"))
-    val_photos, groups = photos[:6], np.arange(6) % 10
+    val_photos = photos[:6]
+    # labelled with the first variant's own answers, so its figures are 1 where a face was found
+    # and the other variants' are their agreement with it: figures that tell variants apart
+    first = AgePredictor.from_directory(folders["wide float"]).predict_many(val_photos)
+    groups = np.array([result.faces[0].group_index if result.faces else 0 for result in first])
     new_photos = tmp_path / "new"
     new_photos.mkdir()
     labels = pd.read_csv(FAIRFACE / "labels.csv").sort_values("filename").iloc[6:11]
@@ -235,6 +240,7 @@ def test_every_variant_is_measured_on_one_preparation_of_the_photos_as_predict_w
     measured = measure_variants(folders, val_photos, groups, new_photos, unmirrored=True)
     # two chip sizes, each cutting the 6 validation and 5 new photos once, for six measurements
     assert len(measured) == 6 and len(prepared) == 2 * (6 + 5)
+    assert measured["wide float"]["accuracy"] == measured["wide float"]["faces_found"] > 0
 
     for name, folder in folders.items():
         for suffix, overrides in (("", {}), (UNMIRRORED, {"flip": False})):
@@ -243,6 +249,18 @@ def test_every_variant_is_measured_on_one_preparation_of_the_photos_as_predict_w
             ranges = new_photo_accuracy(predictor, new_photos)
             expected |= {f"new_photos_{key}": ranges[key] for key in ("range_accuracy", "range_within_one")}
             assert measured[name + suffix] == expected, name + suffix
+    # photo by photo: a preparation made by another predictor of the same chip size gives each
+    # predictor exactly the answers of its own predict path, mirror setting included
+    shared = AgePredictor.from_directory(folders["wide again"]).prepare_many(val_photos)
+    for overrides in ({}, {"flip": False}):
+        predictor = AgePredictor.from_directory(folders["wide float"], **overrides)
+        own = [face.probabilities for result in predictor.predict_many(val_photos) for face in result.faces]
+        via_shared = [
+            face.probabilities for result in predictor.predict_prepared(shared) for face in result.faces
+        ]
+        assert own == via_shared and own
+    with pytest.raises(ValueError, match="6 photos but 2 names"):
+        predictor.prepare_many(val_photos, ["a", "b"])
 
 
 def test_int8_export_keeps_the_layers_it_serves_worst_in_float(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +210,8 @@ class PreparedPhoto:
     skipped: list[str] = field(default_factory=list)
     chips: np.ndarray | None = None
     error: str | None = None
+    width: int = 0  # the photo's size, kept when the decoded image is let go (prepare_many)
+    height: int = 0
 
 
 class AgePredictor:
@@ -298,7 +300,7 @@ class AgePredictor:
             except ImageError as error:
                 return PreparedPhoto(label, error=str(error))
         faces, skipped, chips = self.face_chips(image)
-        return PreparedPhoto(label, image, faces, skipped, chips)
+        return PreparedPhoto(label, image, faces, skipped, chips, width=image.width, height=image.height)
 
     def probabilities(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The classifier's outputs and embeddings for model-size chips, with this predictor's
@@ -326,8 +328,7 @@ class AgePredictor:
         return answers
 
     def _photo_result(self, photo: PreparedPhoto, probabilities: np.ndarray | None) -> PhotoPrediction:
-        image = photo.image
-        result = PhotoPrediction(photo.name, image.width, image.height, skipped=list(photo.skipped))
+        result = PhotoPrediction(photo.name, photo.width, photo.height, skipped=list(photo.skipped))
         if probabilities is None:
             why = "no face found" if not photo.skipped else "no face large enough to classify"
             result.skipped.append(why)
@@ -373,16 +374,21 @@ class AgePredictor:
         ]
 
     def prepare_many(
-        self, sources: Sequence[Path | bytes], names: Sequence[str] | None = None, workers: int = 2
+        self,
+        sources: Sequence[Path | bytes],
+        names: Sequence[str] | None = None,
+        workers: int = 2,
+        keep_images: bool = True,
     ) -> list[PreparedPhoto]:
-        """`prepare` for many photos in `workers` threads, in order. They keep their decoded images
-        and chips, so several classifiers or settings can be measured on one decoding and detection
-        (`predict_prepared`)."""
+        """`prepare` for many photos in `workers` threads, in order. They keep their chips, so several
+        classifiers or settings can be measured on one decoding and detection (`predict_prepared`),
+        and their decoded images unless `keep_images` is False (only drawing on them needs those)."""
         labels = list(names) if names is not None else [None] * len(sources)
         if len(labels) != len(sources):
             raise ValueError(f"prepare_many: {len(sources)} photos but {len(labels)} names")
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            return list(pool.map(self.prepare, sources, labels))
+            prepared = list(pool.map(self.prepare, sources, labels))
+        return prepared if keep_images else [replace(photo, image=None) for photo in prepared]
 
     def predict_prepared(
         self, prepared: Sequence[PreparedPhoto], batch_photos: int = 32

@@ -251,14 +251,17 @@ def test_every_variant_is_measured_on_one_preparation_of_the_photos_as_predict_w
             assert measured[name + suffix] == expected, name + suffix
     # photo by photo: a preparation made by another predictor of the same chip size gives each
     # predictor exactly the answers of its own predict path, mirror setting included
-    shared = AgePredictor.from_directory(folders["wide again"]).prepare_many(val_photos)
+    shared = AgePredictor.from_directory(folders["wide again"]).prepare_many(val_photos, keep_images=False)
+    assert all(photo.image is None and photo.width > 0 for photo in shared)  # only the chips are kept
     for overrides in ({}, {"flip": False}):
         predictor = AgePredictor.from_directory(folders["wide float"], **overrides)
-        own = [face.probabilities for result in predictor.predict_many(val_photos) for face in result.faces]
-        via_shared = [
-            face.probabilities for result in predictor.predict_prepared(shared) for face in result.faces
+        own = predictor.predict_many(val_photos)
+        via_shared = predictor.predict_prepared(shared)
+        assert [(r.width, r.height) for r in own] == [(r.width, r.height) for r in via_shared]
+        own_faces = [face.probabilities for result in own for face in result.faces]
+        assert own_faces and own_faces == [
+            face.probabilities for result in via_shared for face in result.faces
         ]
-        assert own == via_shared and own
     with pytest.raises(ValueError, match="6 photos but 2 names"):
         predictor.prepare_many(val_photos, ["a", "b"])
 

@@ -119,7 +119,7 @@ def range_accuracy(described: pd.DataFrame, labels: pd.DataFrame) -> dict[str, f
     of its expected age.
 
     Args:
-        described: `describe_photos` output (column `photo` is the file name).
+        described: `describe_photos` or `answers_table` output (column `photo` is the file name).
         labels: FairFace labels (`filename`, `age_min`; other columns are ignored).
     """
     # only the label columns used: FairFace's own labels.csv also has an `age_range` column, which
@@ -150,10 +150,9 @@ def new_photo_accuracy(predictor, folder: Path) -> dict[str, float]:
     if (labels := photo_labels(folder)) is None:
         return {}
     names = labels["filename"].tolist()
-    described = describe_photos(
-        answering_in_fairface_ranges(predictor), [Path(folder) / n for n in names], names
-    )
-    return range_accuracy(described, labels)
+    fairface = answering_in_fairface_ranges(predictor)
+    results = [result for _, result in fairface.stream([Path(folder) / n for n in names], names=names)]
+    return range_accuracy(answers_table(results), labels)
 
 
 def photo_labels(folder: Path) -> pd.DataFrame | None:
@@ -164,7 +163,12 @@ def photo_labels(folder: Path) -> pd.DataFrame | None:
 
 def answers_table(results: list) -> pd.DataFrame:
     """What `range_accuracy` judges of each photo's predictions (`PhotoPrediction`s): `photo`, and
-    its largest face's `expected_age` and `age_range` (NaN and None where no face was found)."""
+    its largest face's `expected_age` and `age_range` (NaN and None where no face was found).
+    Unreadable photos are logged and left out, as `describe_photos` leaves them out."""
+    for result in results:
+        if result.error is not None:
+            log.warning("%s", result.error)
+    results = [result for result in results if result.error is None]
     return pd.DataFrame(
         {
             "photo": [result.photo for result in results],

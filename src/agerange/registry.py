@@ -29,6 +29,7 @@ PREVIOUS_CHAMPION = "previous_champion"
 # labels.csv hid it and the range of the expected age was judged instead).
 SIDE_MEASURES = {"new_photos": 2}
 MEASURE_TAG = "score_measure"
+RECORDED_MEASURES = ",".join(f"{side}:{number}" for side, number in sorted(SIDE_MEASURES.items()))
 
 
 def metric_score(figures: dict, metric: str, split: str) -> float:
@@ -116,8 +117,7 @@ def register(
     client = mlflow.MlflowClient()
     incumbent_version = _champion(client, name)
     incumbent = _version_score(incumbent_version.tags, metric, score_from_tags) if incumbent_version else None
-    recorded = ",".join(f"{side}:{number}" for side, number in sorted(SIDE_MEASURES.items()))
-    measure = _measures_of(set(sides), recorded)
+    measure = _measures_of(set(sides), RECORDED_MEASURES)
     incumbent_measure = (
         _measures_of(set(sides), incumbent_version.tags.get(MEASURE_TAG)) if incumbent_version else measure
     )
@@ -125,7 +125,7 @@ def register(
     version = mlflow.register_model(
         model_uri,
         name,
-        tags={metric: str(score), MEASURE_TAG: recorded, **{k: str(v) for k, v in tags.items()}},
+        tags={metric: str(score), MEASURE_TAG: RECORDED_MEASURES, **{k: str(v) for k, v in tags.items()}},
     )
     repackaged = (
         incumbent_version is not None

@@ -431,14 +431,11 @@ def measure_variants(
             detector = predictor.detector
             cut = (predictor.image_size, detector.name, detector.min_score, predictor.min_face_pixels)
             if cut not in prepared:
-                new = (
-                    predictor.prepare_many(
-                        [Path(new_photos) / n for n in new_names], new_names, keep_images=False
-                    )
-                    if new_names
-                    else []
+                new = [Path(new_photos) / n for n in new_names]
+                prepared[cut] = (
+                    predictor.prepare_many(val_photos, keep_images=False),
+                    predictor.prepare_many(new, new_names, keep_images=False),
                 )
-                prepared[cut] = (predictor.prepare_many(val_photos, keep_images=False), new)
             val_prepared, new_prepared = prepared[cut]
             figures[name + suffix] = found = answer_metrics(
                 predictor.predict_prepared(val_prepared), val_groups

@@ -88,6 +88,17 @@ def put_back(saved: dict[str, Found], log_file: Path, python: str) -> int:
     return run_steps([[python, "-m", "dvc", "checkout", *stages]], log_file, python)
 
 
+def finish(status: int, before: int | None, found: dict[str, Found], log_file: Path, python: str) -> int:
+    """Record a newly registered version, even when a later step (drift, headline) failed, since
+    the registry already holds it; then always put the working copy back. The worst status."""
+    try:
+        if (version := registered_version()) != before and version is not None:
+            status = record_version(version, log_file, python) or status
+    finally:
+        status = put_back(found, log_file, python) or status
+    return status
+
+
 def run_steps(steps: list[list[str]], log_file: Path, python: str) -> int:
     """Run the steps in order, output appended to `log_file`; the first failing step's status, or 0."""
     # dvc.yaml's stages call `python`: make that this interpreter (cron gives no virtualenv on PATH)
@@ -133,10 +144,9 @@ def main() -> int:
     log_file = args.log_dir / f"nightly-{dt.datetime.now():%Y%m%d-%H%M%S}.log"
     found, before = saved_files(Path("."), PUT_BACK), registered_version()
     steps = nightly_steps(sys.executable, args.trials, args.timeout_minutes)
-    status = run_steps(steps, log_file, python=sys.executable)
-    if status == 0 and (version := registered_version()) != before:
-        status = record_version(version, log_file, sys.executable)
-    status = put_back(found, log_file, sys.executable) or status
+    status = finish(
+        run_steps(steps, log_file, python=sys.executable), before, found, log_file, sys.executable
+    )
     if status == 0:
         print(f"nightly: done; log in {log_file}")
     return status

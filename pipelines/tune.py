@@ -32,6 +32,7 @@ from agerange.training import configure_device, load_split, realign_recut
 from agerange.tune import (
     baseline_params,
     best_params,
+    check_choices,
     finished_trials,
     keep_study_file,
     make_objective,
@@ -64,6 +65,7 @@ def main() -> None:
     setup_logging()
     try:
         tune, train, rebalance = (load_section(name) for name in ("tune", "train", "rebalance"))
+        check_choices(tune, train, rebalance)
     except ConfigError as error:
         fail(str(error))
     storage = args.storage or tune.storage

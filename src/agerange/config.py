@@ -56,6 +56,13 @@ class SplitConfig:
     test_fraction: float
     seed: int
 
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"split.{name}: {getattr(self, name)} is not a share between 0 and 1")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError("split: val_fraction + test_fraction must leave images to train on (sum < 1)")
+
 
 @dataclass(frozen=True)
 class RebalanceConfig:
@@ -296,8 +303,12 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
                 continue
         if option is str and isinstance(value, str):
             return value
-        if typing.get_origin(option) in (list, dict) and isinstance(value, typing.get_origin(option)):
-            return value
+        if typing.get_origin(option) is list and isinstance(value, list):
+            (item,) = typing.get_args(option) or (Any,)
+            return value if item is Any else [_typed(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        if typing.get_origin(option) is dict and isinstance(value, dict):
+            _, item = typing.get_args(option) or (Any, Any)
+            return value if item is Any else {k: _typed(v, item, f"{where}.{k}") for k, v in value.items()}
     expected = " or ".join(getattr(option, "__name__", str(option)) for option in options)
     raise ConfigError(f"{where}: expected {expected}, got {value!r}")
 

@@ -44,23 +44,52 @@ def verify_sha256(path: Path, trusted: dict[str, str]) -> str:
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; move it into place only if the block succeeds.
 
-    Works for files and folders alike: whatever the block writes at the temporary path
-    replaces `final` in one rename, and is removed if the block raises.
+    Works for files and folders alike. A file replaces a file in one rename, so a reader sees
+    the old or the new one and never neither; a folder is set aside, replaced and only then
+    deleted (put back if the replacing fails). The new content is flushed to disk before the
+    rename, so a power cut cannot leave an empty output. If the block raises or writes nothing,
+    `final` is left as it was.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)) / final.name
     try:
         yield temporary
+        if not (temporary.exists() or temporary.is_symlink()):
+            raise FileNotFoundError(f"{final}: nothing was written, the old content is kept")
+        _flush_to_disk(temporary)
         if final.is_dir() and not final.is_symlink():
-            # A folder cannot be replaced by rename while it exists: move it aside first.
+            # a folder cannot be replaced by rename while it exists: move it aside first
             old = temporary.parent / (final.name + ".old")
             os.replace(final, old)
-        elif final.exists() or final.is_symlink():
-            final.unlink()
-        os.replace(temporary, final)
+            try:
+                os.replace(temporary, final)
+            except OSError:
+                os.replace(old, final)
+                raise
+        else:
+            if temporary.is_dir() and (final.exists() or final.is_symlink()):
+                final.unlink()  # a folder replacing a file: rename cannot overwrite across kinds
+            os.replace(temporary, final)
+        _flush_to_disk(final.parent)
     finally:
         shutil.rmtree(temporary.parent, ignore_errors=True)
+
+
+def _flush_to_disk(path: Path) -> None:
+    """fsync a file, every file in a folder, and the folder itself (where the OS allows it)."""
+    paths = [path] if not path.is_dir() else [*(p for p in path.rglob("*") if p.is_file()), path]
+    for each in paths:
+        try:
+            descriptor = os.open(each, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(descriptor)
+        except OSError:
+            pass  # some file systems cannot fsync a folder
+        finally:
+            os.close(descriptor)
 
 
 def write_json(data: Any, path: Path) -> None:

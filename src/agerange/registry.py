@@ -81,11 +81,17 @@ def _champion(client: mlflow.MlflowClient, name: str):
     """The registered model's champion version (creating the registered model on first use), or None."""
     try:
         client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
         client.create_registered_model(name, description="Age-group classifier from face chips (agerange)")
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
+    except mlflow.exceptions.MlflowException as error:
+        # only "no such alias" means no champion: any other failure (a store that is down or
+        # locked) must not let the next model take `champion` unexamined
+        if error.error_code not in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            raise
         return None
 
 
@@ -136,7 +142,8 @@ def register(
     comparable = incumbent_version is None or (incumbent is not None and measured_alike)
     wins = repackaged or (comparable and beats(score, incumbent, greater_is_better))
     alias = CHAMPION if wins else CHALLENGER
-    if alias == CHAMPION and incumbent_version is not None:
+    # the same run repackaged keeps `previous_champion` on the last other model, the one to roll back to
+    if alias == CHAMPION and incumbent_version is not None and not repackaged:
         client.set_registered_model_alias(name, PREVIOUS_CHAMPION, incumbent_version.version)
     client.set_registered_model_alias(name, alias, version.version)
     return {

@@ -12,6 +12,7 @@ The registry (versions, aliases) is `agerange.registry`; the serving pyfunc is `
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 
 import mlflow
 
-from agerange.files import write_json
+from agerange.files import sha256_file, write_json
 from agerange.provenance import pinned
 
 log = logging.getLogger(__name__)
@@ -253,10 +254,25 @@ def log_keras_model(model, info: dict[str, Any], input_example) -> str:
 
 
 def log_serving_model(folder: Path, run_id: str) -> str:
-    """Add the saved serving model to a training run as its `serving_model` artifact; returns its URI."""
+    """Add the saved serving model to a training run as `serving_model/<content hash>`; returns its URI.
+
+    A registered version points at these files rather than a copy of them, so each packaging of
+    the run gets its own folder: a later package stage never changes what an earlier version (the
+    champion) serves, and packaging the same files again lands in the same folder.
+    """
+    artifact_path = f"serving_model/{folder_digest(Path(folder))[:12]}"
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_artifacts(str(folder), artifact_path="serving_model")
-    return f"runs:/{run_id}/serving_model"
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+    return f"runs:/{run_id}/{artifact_path}"
+
+
+def folder_digest(folder: Path) -> str:
+    """Hex sha256 over a folder's files: their relative paths and contents, in path order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
 
 
 def active_run_id() -> str:

@@ -23,9 +23,18 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from agerange.config import TUNED_CHOICES, RebalanceConfig, TrainConfig, TuneSpace, resolve
+from agerange.backbones import BACKBONES
+from agerange.config import (
+    TUNED_CHOICES,
+    ConfigError,
+    RebalanceConfig,
+    TrainConfig,
+    TuneConfig,
+    TuneSpace,
+    resolve,
+)
 from agerange.files import atomic_path
-from agerange.rebalance import rebalance
+from agerange.rebalance import STRATEGIES, rebalance
 from agerange.training import FeatureCache, SplitData, TrainData, TrainOptions, train
 from agerange.training.feature_cache import Recut
 
@@ -37,6 +46,28 @@ PRUNERS = {
     "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=2),
     "none": optuna.pruners.NopPruner,
 }
+
+
+def check_choices(tune: TuneConfig, train: TrainConfig, rebalance_settings: RebalanceConfig) -> None:
+    """Refuse a named choice that does not exist (backbone, strategy, sampler, pruner) in one line,
+    before the sweep or the training decodes anything."""
+    named = [
+        ("train.backbone", train.backbone, BACKBONES),
+        ("rebalance.strategy", rebalance_settings.strategy, STRATEGIES),
+        ("tune.sampler", tune.sampler, SAMPLERS),
+        ("tune.pruner", tune.pruner, PRUNERS),
+        *((f"tune.space.backbone[{i}]", name, BACKBONES) for i, name in enumerate(tune.space.backbone)),
+        *((f"tune.space.rebalance_strategy[{i}]", name, STRATEGIES)
+          for i, name in enumerate(tune.space.rebalance_strategy)),
+    ]  # fmt: skip
+    for where, name, known in named:
+        if name not in known:
+            raise ConfigError(f"params.yaml: {where}: unknown '{name}' (valid: {', '.join(known)})")
+    for name in tune.space.backbone:
+        if name not in tune.space.unfreeze_layers:
+            raise ConfigError(
+                f"params.yaml: tune.space.unfreeze_layers: no [low, high] for backbone '{name}'"
+            )
 
 
 def _by_name(registry: dict, name: str, what: str):
@@ -69,7 +100,7 @@ def open_study(
 
     A running trial whose worker sent no heartbeat for three intervals is marked failed when a
     worker next starts a trial, and its params are queued again once (a killed sweep loses no
-    finished trial and repeats none).
+    finished trial and repeats none). A worker joining a study that has trials draws new ones.
     """
     import sqlalchemy.exc
 
@@ -82,7 +113,7 @@ def open_study(
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                 engine_kwargs={"pool_pre_ping": True},
             )
-            return optuna.create_study(
+            study = optuna.create_study(
                 study_name=study_name,
                 storage=storage,
                 direction="maximize",
@@ -90,6 +121,13 @@ def open_study(
                 pruner=_by_name(PRUNERS, pruner, "pruner")(),
                 load_if_exists=True,
             )
+            # A seeded sampler replays the same suggestions in every new process: a resumed sweep
+            # (tomorrow's night) would retry the trials it already ran. Offset the seed by the
+            # trials already in the study, so an empty study still reproduces from `seed` alone.
+            done = len(study.get_trials(deepcopy=False))
+            if done:
+                study.sampler = _by_name(SAMPLERS, sampler, "sampler")(seed=seed + done)
+            return study
         except sqlalchemy.exc.SQLAlchemyError as error:
             # Workers starting together on an empty database race to create its tables:
             # the loser sees a duplicate-key error and simply tries again.

@@ -108,3 +108,47 @@ def test_a_tune_space_written_before_the_choices_existed_still_builds():
     }  # fmt: skip
     space = build(TuneSpace, older, "params.yaml: tune.space")
     assert space.head == [] and space.augment_variants == [] and space.augment_strength == []
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "reason"),
+    [
+        ("train", "backbone", "resnet50", "train.backbone: unknown 'resnet50' (valid: mobilenet_v2"),
+        ("rebalance", "strategy", "undersampel", "rebalance.strategy: unknown 'undersampel'"),
+        ("tune", "sampler", "tpee", "tune.sampler: unknown 'tpee' (valid: tpe, random)"),
+    ],
+)
+def test_the_tune_stage_refuses_an_unknown_choice_in_one_line_before_decoding_anything(
+    tmp_path, section, key, value, reason
+):
+    import subprocess
+    import sys
+
+    params = yaml.safe_load(PARAMS.read_text())
+    params[section][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, str(PROJECT_ROOT / "pipelines" / "tune.py"), "--splits", "missing.parquet",
+               "--images", "images", "--out", "training.json", "--reports", "reports",
+               "--checkpoints", "checkpoints", "--study-file", "optuna.db"]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(
+        "error: params.yaml: "
+    )
+    assert reason in result.stderr and "Traceback" not in result.stderr
+
+
+def test_list_entries_and_split_shares_are_checked_when_the_settings_load(tmp_path):
+    params = yaml.safe_load(PARAMS.read_text())
+    params["tune"]["space"]["head_learning_rate"] = ["3e-4", "3e-3"]  # YAML reads these as strings
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    assert load_section("tune", path).space.head_learning_rate == [3e-4, 3e-3]
+    params["tune"]["space"]["dropout"] = [0.1, "half"]
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"tune\.space\.dropout\[1\]: expected float, got 'half'"):
+        load_section("tune", path)
+    for shares, reason in (((-0.1, 0.3), "split.val_fraction: -0.1 is not a share"), ((0.5, 0.5), "sum < 1")):
+        params["split"]["val_fraction"], params["split"]["test_fraction"] = shares
+        path.write_text(yaml.safe_dump(params))
+        with pytest.raises(ConfigError, match=reason):
+            load_section("split", path)

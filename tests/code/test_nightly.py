@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import PROJECT_ROOT
 
 
@@ -77,3 +79,34 @@ def test_steps_run_with_this_interpreter_first_on_path(tmp_path):
     subprocess.run(command, cwd=workspace, capture_output=True, text=True, timeout=300, env=environment)
     log = next((workspace / "data" / "logs").glob("nightly-*.log")).read_text()
     assert f"python is {Path(sys.executable).parent / 'python'}" in log
+
+
+def test_a_version_registered_before_a_later_step_failed_is_still_recorded_and_the_copy_put_back(
+    tmp_path, monkeypatch
+):
+    """The register stage ran, then drift failed: the registry holds the new version, so its
+    record (branch, DVC push) must not be skipped; and the working copy is put back even when
+    recording raises."""
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "pipelines"))
+    import nightly
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "reports").mkdir(parents=True)
+    (tmp_path / "data" / "reports" / "registration.json").write_text('{"version": 12}')
+    calls = []
+    monkeypatch.setattr(
+        nightly, "record_version", lambda version, *rest: calls.append(("record", version)) or 0
+    )
+    monkeypatch.setattr(nightly, "put_back", lambda *rest: calls.append(("put back",)) or 0)
+    assert nightly.finish(1, 11, {}, tmp_path / "log", sys.executable) == 1  # drift's failure stays
+    assert calls == [("record", 12), ("put back",)]
+
+    def unreachable(*rest):
+        raise ConnectionError("MLflow unreachable")
+
+    calls.clear()
+    monkeypatch.setattr(nightly, "record_version", unreachable)
+    with pytest.raises(ConnectionError):
+        nightly.finish(0, 11, {}, tmp_path / "log", sys.executable)
+    assert calls == [("put back",)]
+    assert nightly.finish(0, 12, {}, tmp_path / "log", sys.executable) == 0 and calls[-1] == ("put back",)

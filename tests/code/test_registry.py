@@ -53,16 +53,39 @@ def test_a_tie_does_not_move_champion():
 
 def test_the_same_training_run_packaged_anew_takes_champion_but_another_run_at_a_tie_does_not(store):
     """Repackaging the champion's own weights (same run, same score) moves `champion` to the new
-    package; a different model with the same score does not."""
+    package, and `previous_champion` stays on the last other model (a retried register stage must
+    not leave nothing to roll back to); a different model with the same score does not."""
+    first = _log(store, 0)
+    registry.register(first, "val_accuracy", 0.50, {"run_id": first.split("/")[1]})
     uri = _log(store, 1)
     run_id = uri.split("/")[1]
     registry.register(uri, "val_accuracy", 0.55, {"run_id": run_id})
-    repackaged = registry.register(uri, "val_accuracy", 0.55, {"run_id": run_id})
-    assert repackaged["alias"] == "champion" and repackaged["repackaged"]
+    assert registry.aliases() == {"champion": 2, "previous_champion": 1}
+    for _ in range(2):
+        repackaged = registry.register(uri, "val_accuracy", 0.55, {"run_id": run_id})
+        assert repackaged["alias"] == "champion" and repackaged["repackaged"]
+        assert registry.aliases()["previous_champion"] == 1
     other = _log(store, 2)
     tie = registry.register(other, "val_accuracy", 0.55, {"run_id": other.split("/")[1]})
     assert tie["alias"] == "challenger" and not tie["repackaged"]
-    assert registry.aliases() == {"champion": 2, "previous_champion": 1, "challenger": 3}
+    assert registry.aliases() == {"champion": 4, "previous_champion": 1, "challenger": 5}
+
+
+def test_a_registry_that_fails_at_the_champion_look_up_promotes_nothing(store, monkeypatch):
+    """Only "no such alias" means there is no champion: a store that is down or locked stops the
+    registration instead of handing `champion` to a model nobody compared."""
+    registry.register(_log(store, 1), "val_accuracy", 0.60, {})
+
+    def unavailable(self, name, alias):
+        raise mlflow.exceptions.MlflowException(
+            "503 Service Unavailable", error_code="TEMPORARILY_UNAVAILABLE"
+        )
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_model_version_by_alias", unavailable)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="503"):
+        registry.register(_log(store, 2), "val_accuracy", 0.30, {})
+    monkeypatch.undo()
+    assert registry.aliases() == {"champion": 1}
 
 
 def test_a_champion_registered_before_the_metric_existed_is_scored_from_its_tags_or_kept(store):
@@ -179,7 +202,8 @@ def test_a_champion_scored_by_an_older_measure_is_not_compared_as_if_alike(store
     assert higher["alias"] == "challenger" and higher["champion_measure_before"] == "new_photos:1"
     again = registry.register(champion_uri, metric, 0.65, {"run_id": run_id}, sides=sides)
     assert again["alias"] == "champion" and again["repackaged"] and again["measure"] == "new_photos:2"
-    assert registry.aliases() == {"champion": 3, "previous_champion": 1, "challenger": 2}
+    # the champion's own run measured anew: nothing else to roll back to, so no previous_champion
+    assert registry.aliases() == {"champion": 3, "challenger": 2}
     # from now on scores of the same measure compare as before
     lower = registry.register(other, metric, 0.64, {"run_id": other.split("/")[1]}, sides=sides)
     assert lower["alias"] == "challenger" and lower["champion_score_before"] == 0.65

@@ -111,3 +111,22 @@ def test_the_runs_a_killed_sweep_worker_left_open_are_ended_and_no_other(tmp_pat
     assert client.get_run(live).info.status == "RUNNING"  # its trial did not fail
     assert "optuna.state" not in client.get_run(ended_by_itself).data.tags
     assert tracking.end_runs_of_failed_trials(experiment, "agerange", {2, 3}) == []  # once only
+
+
+def test_packaging_a_run_again_never_changes_the_files_an_earlier_version_serves(tmp_path):
+    """A registered version points at the logged files themselves: a second package stage for the
+    same training run must log beside them, not over them; the same files land in one place."""
+    mlflow.set_tracking_uri(tracking.tracking_uri(tmp_path / "runs"))
+    mlflow.set_experiment("packaging")
+    with mlflow.start_run() as run:
+        pass
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, variant in ((first, "float"), (second, "int8")):
+        (folder / "artifacts").mkdir(parents=True)
+        (folder / "artifacts" / "model_info.json").write_text(f'{{"variant": "{variant}"}}')
+    first_uri = tracking.log_serving_model(first, run.info.run_id)
+    second_uri = tracking.log_serving_model(second, run.info.run_id)
+    assert first_uri != second_uri and first_uri.startswith(f"runs:/{run.info.run_id}/serving_model/")
+    assert tracking.log_serving_model(first, run.info.run_id) == first_uri
+    kept = mlflow.artifacts.download_artifacts(first_uri, dst_path=str(tmp_path / "back"))
+    assert (Path(kept) / "artifacts" / "model_info.json").read_text() == '{"variant": "float"}'

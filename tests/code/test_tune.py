@@ -111,3 +111,29 @@ def test_a_sweep_that_ends_fails_a_dead_workers_trial_and_queues_it_again_but_le
 
     monkeypatch.setattr(time, "sleep", no_waiting)
     assert settle_dead_trials(study, heartbeat_seconds=2) == []
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_resumed_sweep_draws_new_trials_instead_of_replaying_the_first_ones(tmp_path, sampler):
+    """Each night opens the study in a new process with the same `tune.seed`: the second night
+    must not suggest the first night's settings again, and an empty study still reproduces."""
+    from agerange.tune import open_study
+
+    def objective(trial):
+        return trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True) + trial.suggest_float(
+            "dropout", 0.1, 0.5
+        )
+
+    def night(url):
+        study = open_study(url, "nightly", sampler, "none", seed=11, heartbeat_seconds=1)
+        study.optimize(objective, n_trials=3)
+        return study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    first = night(f"sqlite:///{tmp_path}/a.db")
+    again = night(f"sqlite:///{tmp_path}/b.db")
+    settings = [tuple(trial.params.values()) for trial in night(f"sqlite:///{tmp_path}/a.db").trials]
+    assert [tuple(t.params.values()) for t in first.trials[:3]] == [
+        tuple(t.params.values()) for t in again.trials
+    ]
+    assert len(set(settings)) == 6, "the second night repeated the first night's trials"

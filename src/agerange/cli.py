@@ -42,7 +42,14 @@ def predict_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from agerange.files import atomic_path
-    from agerange.predict import annotate, find_photos, format_table, load_predictor, result_rows
+    from agerange.predict import (
+        annotate,
+        annotated_names,
+        find_photos,
+        format_table,
+        load_predictor,
+        result_rows,
+    )
 
     photos, missing = find_photos(args.paths)
     for line in missing:
@@ -52,7 +59,11 @@ def predict_command(args: argparse.Namespace) -> int:
         return 1
     predictor = load_predictor(args.model, store=args.store)
     results = []
-    stream = predictor.stream(photos, batch_photos=args.batch, workers=args.workers)
+    # the decoded photos are kept only for drawing on them
+    stream = predictor.stream(
+        photos, batch_photos=args.batch, workers=args.workers, keep_images=bool(args.annotate)
+    )
+    copies = annotated_names(photos)
     progress = tqdm(
         stream, total=len(photos), desc="photos", unit="photo", disable=len(photos) < 2, file=sys.stderr
     )
@@ -63,7 +74,7 @@ def predict_command(args: argparse.Namespace) -> int:
             continue
         if args.annotate:
             args.annotate.mkdir(parents=True, exist_ok=True)
-            with atomic_path(args.annotate / f"{Path(prepared.name).stem}.annotated.jpg") as target:
+            with atomic_path(args.annotate / copies[prepared.name]) as target:
                 annotate(prepared.image, result).save(target, format="JPEG", quality=90)
     output = io.StringIO()
     if args.format == "json":

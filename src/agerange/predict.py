@@ -10,12 +10,15 @@ layer's features (the embeddings the drift report compares).
 """
 
 import json
+import logging
+import os
 import queue
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,8 @@ from agerange.inference import (
 )
 from agerange.labels import AGE_BINS
 from agerange.preprocess import ImageError, chip_pixels, read_image
+
+log = logging.getLogger(__name__)
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 # the largest photo file the web page and the served model take: above any phone photo, and a
@@ -288,19 +293,26 @@ class AgePredictor:
         )
         return faces, [skip.reason for skip in skipped], chips
 
-    def prepare(self, source: Path | bytes | Image.Image, name: str | None = None) -> PreparedPhoto:
+    def prepare(
+        self, source: Path | bytes | Image.Image, name: str | None = None, keep_image: bool = True
+    ) -> PreparedPhoto:
         """Decode a photo (a file, its bytes or a decoded image) and cut its faces into chips;
-        an unreadable photo gives a PreparedPhoto with `error`. Safe to call from several threads."""
-        label = name or str(source)
-        if isinstance(source, Image.Image):
-            image = source
-        else:
-            try:
-                image = read_image(source, label)
-            except ImageError as error:
-                return PreparedPhoto(label, error=str(error))
-        faces, skipped, chips = self.face_chips(image)
-        return PreparedPhoto(label, image, faces, skipped, chips, width=image.width, height=image.height)
+        an unreadable photo gives a PreparedPhoto with `error`. Safe to call from several threads.
+        Without `keep_image` the decoded photo is let go once its chips are cut (only drawing on
+        it needs it; a batch of 12 MP photos holds gigabytes)."""
+        label = name or (str(source) if isinstance(source, Path) else "image")
+        try:
+            image = source if isinstance(source, Image.Image) else read_image(source, label)
+            faces, skipped, chips = self.face_chips(image)
+        except ImageError as error:
+            return PreparedPhoto(label, error=str(error))
+        except Exception as error:  # one photo that breaks something must not stop a folder of them
+            log.debug("%s: failed", label, exc_info=True)
+            return PreparedPhoto(
+                label, error=f"{label}: could not be processed ({type(error).__name__}: {error})"
+            )
+        kept = image if keep_image else None
+        return PreparedPhoto(label, kept, faces, skipped, chips, width=image.width, height=image.height)
 
     def probabilities(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The classifier's outputs and embeddings for model-size chips, with this predictor's
@@ -387,8 +399,7 @@ class AgePredictor:
         if len(labels) != len(sources):
             raise ValueError(f"prepare_many: {len(sources)} photos but {len(labels)} names")
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            prepared = list(pool.map(self.prepare, sources, labels))
-        return prepared if keep_images else [replace(photo, image=None) for photo in prepared]
+            return list(pool.map(self.prepare, sources, labels, [keep_images] * len(sources)))
 
     def predict_prepared(
         self, prepared: Sequence[PreparedPhoto], batch_photos: int = 32
@@ -410,7 +421,8 @@ class AgePredictor:
     ) -> list[PhotoPrediction]:
         """Predictions for several photos: decoded and detected in `workers` threads, their faces
         classified in one batch."""
-        return [result for _, result in self.stream(sources, max(1, len(sources)), workers, names)]
+        batch = max(1, len(sources))
+        return [result for _, result in self.stream(sources, batch, workers, names, keep_images=False)]
 
     def stream(
         self,
@@ -418,15 +430,17 @@ class AgePredictor:
         batch_photos: int = 32,
         workers: int = 2,
         names: Sequence[str] | None = None,
+        keep_images: bool = True,
     ) -> Iterator[tuple[PreparedPhoto, PhotoPrediction]]:
         """Predictions photo by photo, in order, for a long list: the next `batch_photos` are
         decoded and detected in `workers` threads while the current batch is classified.
-        `names` label the photos (default: their paths)."""
+        `names` label the photos (default: their paths); `keep_images` as in `prepare`."""
         labels = list(names) if names is not None else [None] * len(photos)
         batches = [
-            list(zip(photos[start : start + batch_photos], labels[start : start + batch_photos], strict=True))
+            [(photo, label, keep_images) for photo, label in zip(
+                photos[start : start + batch_photos], labels[start : start + batch_photos], strict=True)]
             for start in range(0, len(photos), batch_photos)
-        ]
+        ]  # fmt: skip
         with ThreadPoolExecutor(max(1, workers)) as pool:
             pending = [pool.submit(self.prepare, *photo) for photo in batches[0]] if batches else []
             for index in range(len(batches)):
@@ -500,6 +514,30 @@ def find_photos(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
         else:
             errors.append(f"{path}: no such file or folder")
     return photos, errors
+
+
+def annotated_names(photos: Sequence[Path]) -> dict[str, str]:
+    """The file name of each photo's annotated copy (`--annotate`), by the photo's path:
+    `<stem>.annotated.jpg`, and where stems clash (img.jpg and img.png, or a/img.jpg and b/img.jpg)
+    the path from the clashing photos' common folder instead, so no copy overwrites another."""
+    paths = list(dict.fromkeys(Path(photo) for photo in photos))  # a photo named twice: one copy
+    stems = Counter(path.stem for path in paths)
+    clashing = [path for path in paths if stems[path.stem] > 1]
+    common = Path(os.path.commonpath([str(path.absolute()) for path in clashing])) if clashing else None
+    names, taken = {}, set()
+    for path in paths:
+        if stems[path.stem] == 1:
+            name = f"{path.stem}.annotated.jpg"
+        else:
+            relative = path.absolute().relative_to(common) if common != path.absolute() else Path(path.name)
+            name = f"{'__'.join(relative.parts)}.annotated.jpg"
+        base, count = name, 1
+        while name in taken:  # two spellings of one path, or a folder named like a flattened path
+            count += 1
+            name = base.replace(".annotated.jpg", f".{count}.annotated.jpg")
+        taken.add(name)
+        names[str(path)] = name
+    return names
 
 
 def result_rows(results: list[PhotoPrediction], photo_ids: Sequence | None = None) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 50_000_000  # larger photos are refused rather than decoded (decompression bombs)
 _OBJECT_REPR = re.compile(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>")
@@ -40,8 +40,8 @@ def read_image(source: Path | bytes, name: str | None = None) -> Image.Image:
             raise ImageError(
                 f"{label}: image too large ({megapixels:.0f} MP, limit {MAX_PIXELS / 1e6:.0f} MP)"
             )
-        image = ImageOps.exif_transpose(image)
         image.load()
+        image = upright(image)
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -69,10 +69,39 @@ def decode_failure(error: BaseException, data: bytes | None = None) -> str:
     return f"corrupt ({text})" if text else "corrupt"
 
 
+# EXIF orientation (tag 0x0112) -> the transpose that turns the pixels upright
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # fmt: skip
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The pixels turned as the EXIF orientation says (the photo as a viewer shows it).
+
+    Only the orientation tag is read: `ImageOps.exif_transpose` also rewrites the rest of the
+    EXIF block and fails on a malformed one, which would cost a readable photo its answer.
+    """
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # an EXIF block too damaged to read: the pixels as stored
+        return image
+    return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB version of any PIL mode; transparent pixels become black."""
+    """RGB version of any PIL mode; transparent pixels become black; 16-bit and float greys are
+    scaled to 8 bits (a plain conversion clips them, and a 16-bit photo turns white)."""
     if image.mode == "RGB":
         return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F" and values.max(initial=0) <= 1:
+            values = values * 255  # a float image in [0, 1]
+        elif image.mode != "F" and (image.mode != "I" or values.max(initial=0) > 255):
+            values = values / 257  # 0-65535 -> 0-255
+        return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (0, 0, 0))

@@ -9,6 +9,7 @@ it takes a DataFrame with an `image` column of photo bytes and returns one row p
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import io
 import json
@@ -569,14 +570,18 @@ def predictions_table(results: list[Any]) -> pd.DataFrame:
 def photo_bytes(data: Any, name: str) -> tuple[bytes | None, str | None]:
     """A request's image cell as photo bytes, or None and why not (one line naming the image).
 
-    `dataframe_split` requests arrive base64-decoded by the scoring server; `inputs`-style ones
-    arrive as base64 text.
+    `dataframe_split` and `dataframe_records` requests arrive base64-decoded by the scoring
+    server; `inputs` and `instances` ones arrive as base64 text, as str or as bytes (NumPy's
+    bytes_). Bytes that are valid base64 are that text: JPEG, PNG and WebP files never are.
     """
     if isinstance(data, str):
         try:
             data = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             return None, f"{name}: not valid base64"
+    elif isinstance(data, bytes) and data:
+        with contextlib.suppress(binascii.Error, ValueError):  # not base64: the photo's own bytes
+            data = base64.b64decode(data, validate=True)
     if not isinstance(data, bytes | bytearray | memoryview):
         return None, f"{name}: expected photo bytes, got {type(data).__name__}"
     if len(data) > MAX_PHOTO_BYTES:

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -37,6 +38,17 @@ def photos(tmp_path: Path) -> Path:
     rgba = face.convert("RGBA")
     rgba.putalpha(200)
     rgba.save(folder / "alpha.png")
+    # 16-bit grey (a plain conversion to RGB clips it white)
+    grey16 = np.asarray(face.convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(grey16).save(folder / "grey16.png")
+    # an EXIF block Pillow cannot write back (a tag relabelled to the wrong type): the photo is fine
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 1, "Cam"
+    stream = io.BytesIO()
+    face.save(stream, "JPEG", exif=exif)
+    data = stream.getvalue()
+    at = data.index(b"\x01\x0f\x00\x02")  # tag 0x010F (Make), type ASCII -> 0x012D (SHORT)
+    (folder / "bad_exif.jpg").write_bytes(data[:at] + b"\x01\x2d" + data[at + 2 :])
     (folder / "notes.txt").write_text("not a photo: ignored in folders")
     return folder
 
@@ -45,14 +57,22 @@ def test_every_accepted_format_and_colour_mode_gives_a_face(photos, packaged_mod
     code, out, err = run([str(photos), "--model", str(packaged_model), "--format", "json"], capsys)
     assert code == 0, err
     results = {Path(r["photo"]).name: r for r in json.loads(out)}
-    assert set(results) == {"face.jpg", "face.webp", "grey.jpg", "cmyk.jpg", "alpha.png"}
+    assert set(results) == {
+        "face.jpg",
+        "face.webp",
+        "grey.jpg",
+        "cmyk.jpg",
+        "alpha.png",
+        "grey16.png",
+        "bad_exif.jpg",
+    }
     for name, result in results.items():
         assert result["error"] is None and len(result["faces"]) == 1, name
         face = result["faces"][0]
         assert face["age_group"].split(" (")[0] in GROUP_NAMES
         assert sum(face["probabilities"].values()) == pytest.approx(1, abs=1e-3)
         assert 0 <= face["box"][0] < face["box"][2] <= 448
-    assert "5 photos, 5 faces, 0 failed" in err
+    assert "7 photos, 7 faces, 0 failed" in err
 
 
 def test_bad_files_get_one_line_each_and_the_rest_is_still_processed(
@@ -254,3 +274,21 @@ def test_a_range_scheme_in_params_reaches_the_answer_of_a_distribution_head_mode
     # the table format shows the range next to the age and its interval
     code, out, _ = run([str(photo), "--model", str(tmp_path / "serving")], capsys)
     assert f"range {face['age_range']}" in out and f"{face['age_estimate']} ({low}-{high})" in out
+
+
+def test_annotated_copies_of_photos_with_the_same_name_do_not_overwrite_each_other(
+    tmp_path, packaged_model, capsys
+):
+    for relative in ("a/img.jpg", "a/img.png", "b/img.jpg"):
+        (tmp_path / "photos" / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(FAIRFACE / "fairface_0002.jpg").save(tmp_path / "photos" / relative)
+    code, _, err = run(
+        [str(tmp_path / "photos"), "--model", str(packaged_model), "--annotate", str(tmp_path / "drawn")],
+        capsys,
+    )
+    assert code == 0 and "3 photos, 3 faces, 0 failed" in err
+    assert sorted(path.name for path in (tmp_path / "drawn").iterdir()) == [
+        "a__img.jpg.annotated.jpg",
+        "a__img.png.annotated.jpg",
+        "b__img.jpg.annotated.jpg",
+    ]

@@ -92,3 +92,28 @@ def test_served_model_answers_real_and_corrupt_photos(packaged_model: Path, tmp_
     corrupt = [row for row in rows if row["photo"] == 2]
     assert len(corrupt) == 1 and corrupt[0]["face"] == -1, corrupt
     assert corrupt[0]["error"], corrupt
+
+
+def test_every_request_format_of_the_scoring_server_reaches_the_model(packaged_model: Path) -> None:
+    """MLflow's scoring server decodes base64 itself for DataFrame requests but hands `inputs`
+    and `instances` requests over as base64 text: every format must get the same answer."""
+    import mlflow.pyfunc
+    from mlflow.pyfunc.scoring_server import invocations
+
+    model = mlflow.pyfunc.load_model(str(packaged_model))
+    schema = model.metadata.get_input_schema()
+    photo = base64.b64encode((FAIRFACE / "fairface_0002.jpg").read_bytes()).decode()
+    requests = {
+        "dataframe_split": {"dataframe_split": {"columns": ["image"], "data": [[photo]]}},
+        "dataframe_records": {"dataframe_records": [{"image": photo}]},
+        "inputs": {"inputs": {"image": [photo]}},
+        "instances": {"instances": [{"image": photo}]},
+    }
+    answers = {}
+    for kind, body in requests.items():
+        response = invocations(json.dumps(body), "application/json", model, schema)
+        assert response.status == 200, (kind, response.response[:300])
+        answers[kind] = json.loads(response.response)["predictions"]
+    first = answers["dataframe_split"]
+    assert len(first) == 1 and first[0]["face"] == 0 and not first[0]["error"]
+    assert all(rows == first for rows in answers.values()), answers

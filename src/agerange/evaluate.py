@@ -160,10 +160,11 @@ def accuracy_by_condition(
         values = table[condition].to_numpy(np.float64)
         measured = ~np.isnan(values)
         binned = np.full(len(values), -1)
-        if measured.sum() >= bins:
+        count = min(bins, int(measured.sum()))  # fewer measured images than bins: one bin each
+        if count:
             ranks = pd.Series(values[measured]).rank(method="first")
-            binned[measured] = pd.qcut(ranks, bins, labels=False).to_numpy()
-        parts = [(f"{index + 1} of {bins}", binned == index) for index in range(bins)]
+            binned[measured] = pd.qcut(ranks, count, labels=False).to_numpy()
+        parts = [(f"{index + 1} of {count}", binned == index) for index in range(count)]
         for name, part in [*parts, (NO_FACE, binned == -1)]:
             if not part.any():
                 continue

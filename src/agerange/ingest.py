@@ -117,7 +117,7 @@ def describe_image(path: Path) -> dict:
             width, height, mode = image.width, image.height, image.mode
             image.draft("RGB", (QUALITY_SIZE, QUALITY_SIZE))
             pixels = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path.name}: {decode_failure(error, data)}") from error
     if pixels.size != (QUALITY_SIZE, QUALITY_SIZE):
         pixels = pixels.resize((QUALITY_SIZE, QUALITY_SIZE), Image.Resampling.BILINEAR)
@@ -208,9 +208,6 @@ def build_tables(
     for (relative, label), description in zip(labelled, descriptions, strict=True):
         if isinstance(description, str):
             rejected.append(Rejected(relative, UNDECODABLE_IMAGE, description))
-        elif not min_age <= label.age <= max_age:
-            detail = f"{relative}: age {label.age} outside [{min_age}, {max_age}]"
-            rejected.append(Rejected(relative, AGE_OUT_OF_RANGE, detail))
         else:
             rows.append(
                 {
@@ -224,7 +221,14 @@ def build_tables(
                 }
             )
     table = pd.DataFrame(rows, columns=METADATA_COLUMNS)
+    # copies first, then ages: a copy whose other label is out of range is still a conflict
     table, duplicates = drop_duplicates(table)
+    out_of_range = ~table["age"].between(min_age, max_age)
+    rejected += [
+        Rejected(path, AGE_OUT_OF_RANGE, f"{path}: age {age} outside [{min_age}, {max_age}]")
+        for path, age in zip(table.loc[out_of_range, "path"], table.loc[out_of_range, "age"], strict=True)
+    ]
+    table = table[~out_of_range].reset_index(drop=True)
     return table.astype(METADATA_DTYPES), rejected + duplicates
 
 
@@ -303,6 +307,10 @@ def ingest(
     from agerange.files import atomic_path, verify_sha256
 
     started = time.monotonic()
+    if not archive.is_file():  # before hashing it: one line, not a traceback
+        raise ArchiveError(
+            f"{archive}: archive not found" if not archive.exists() else f"{archive}: not a file"
+        )
     source = verify_sha256(archive, trusted_sha256)
     log.info("%s: checksum matches %s", archive, source)
     with atomic_path(images_dir) as staging:

@@ -54,7 +54,9 @@ def out_of_fold_probabilities(features: np.ndarray, groups: np.ndarray, folds: i
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fit_rows, held_rows in splitter.split(features, groups):
         # 128 principal components: the regression converges in seconds on a 2-core CPU
-        components = PCA(min(128, *features.shape), random_state=seed)
+        components = PCA(
+            min(128, len(fit_rows), features.shape[1]), random_state=seed
+        )  # a fold fits on fewer rows
         model = make_pipeline(StandardScaler(), components, LogisticRegression(C=0.05, max_iter=1000))
         model.fit(features[fit_rows], groups[fit_rows])
         probabilities[np.ix_(held_rows, model.classes_)] = model.predict_proba(features[held_rows])

@@ -32,13 +32,14 @@ GENDERS: tuple[str, ...] = ("Male", "Female")
 MAX_AGE = 100
 AGE_BINS = MAX_AGE + 1
 
+# Both names are matched whole, ASCII digits only (no trailing newline, no full-width digits).
 # UTKFace: [age]_[gender]_[race]_[date&time].jpg.chip.jpg (the date has 16-18 digits in practice)
 _UTKFACE = re.compile(
-    r"^(?P<age>\d{1,3})_(?P<gender>[01])_(?P<race>[0-4])_(?P<date>\d{8,20})\.jpg\.chip\.jpg$"
+    r"(?P<age>\d{1,3})_(?P<gender>[01])_(?P<race>[0-4])_(?P<date>\d{8,20})\.jpg\.chip\.jpg", re.ASCII
 )
 # IMDB-WIKI: nm[id]_rm[id]_[birth YYYY-M-D]_[photo year].jpg (month and day may be unpadded)
 _IMDB_WIKI = re.compile(
-    r"^nm\d+_rm\d+_(?P<birth>\d{4})-(?P<month>\d{1,2})-(?P<day>\d{1,2})_(?P<taken>\d{4})\.jpg$"
+    r"nm\d+_rm\d+_(?P<birth>\d{4})-(?P<month>\d{1,2})-(?P<day>\d{1,2})_(?P<taken>\d{4})\.jpg", re.ASCII
 )
 
 
@@ -129,8 +130,9 @@ def bins_to_ranges(ranges: Sequence[tuple[int, int | None]]) -> np.ndarray:
         if highest is not None and highest < lowest:
             raise ValueError(f"age range {lowest}-{highest}: ends before it starts")
         last = MAX_AGE if highest is None or index == len(ranges) - 1 else highest
-        if highest is not None and highest >= MAX_AGE and index < len(ranges) - 1:
-            raise ValueError(f"age range {lowest}-{highest}: reaches {MAX_AGE}, so it must be the last")
+        if (highest is None or highest >= MAX_AGE) and index < len(ranges) - 1:
+            reach = "is open" if highest is None else f"reaches {MAX_AGE}"
+            raise ValueError(f"age range {lowest}-{highest}: {reach}, so it must be the last")
         matrix[lowest : min(last, MAX_AGE) + 1, index] = 1.0
         expected_lowest = (highest + 1) if highest is not None else AGE_BINS
     if expected_lowest <= MAX_AGE:
@@ -146,7 +148,7 @@ BINS_TO_GROUPS = bins_to_ranges(GROUP_RANGES)
 
 def parse_utkface_name(name: str) -> Label:
     """Label from a UTKFace file name such as `26_1_3_20170117154736394.jpg.chip.jpg`."""
-    match = _UTKFACE.match(name)
+    match = _UTKFACE.fullmatch(name)
     if match is None:
         raise LabelError(f"{name}: unparsable UTKFace name: {_utkface_defect(name)}")
     return Label(
@@ -172,7 +174,7 @@ def _utkface_defect(name: str) -> str:
 
 def parse_imdb_wiki_name(name: str) -> Label:
     """Label from an IMDB-WIKI file name: age = photo year - birth year."""
-    match = _IMDB_WIKI.match(name)
+    match = _IMDB_WIKI.fullmatch(name)
     if match is None:
         raise LabelError(f"{name}: not an IMDB-WIKI name (expected nm.._rm.._YYYY-MM-DD_YYYY.jpg)")
     if not (1 <= int(match["month"]) <= 12 and 1 <= int(match["day"]) <= 31):

@@ -64,6 +64,8 @@ def test_every_age_falls_in_exactly_one_group_bin_and_range():
         ([(0, 9), (5, None)], "starts at 5, expected 10"),
         ([(0, 9), (10, 60)], "the last must be open"),
         ([(0, 9), (9, 3), (4, None)], "starts at 9, expected 10"),
+        ([(0, 69), (70, None), (101, 150)], "70-None: is open, so it must be the last"),
+        ([(0, 9), (10, 100), (101, None)], "reaches 100, so it must be the last"),
     ],
 )
 def test_a_bad_range_scheme_is_refused_naming_the_range(ranges, reason):
@@ -104,6 +106,10 @@ def test_the_answer_is_coherent_an_age_inside_the_group_and_an_interval_around_t
     )
     assert 59 <= age_in_group(bimodal, np.array([9]))[0] <= 75
     assert 35 <= age_in_group(bimodal, np.array([7]))[0] <= 44
+    # a group the model gives almost nothing (1e-12 a year) still answers an age inside it
+    nearly_empty = np.full((1, AGE_BINS), 1e-12)
+    nearly_empty[0, 30] = 1.0
+    assert age_in_group(nearly_empty, np.array([9]))[0] >= 59
     outputs = _random_distributions(30, seed=2)
     groups = group_probabilities(outputs).argmax(axis=1)
     assert all(

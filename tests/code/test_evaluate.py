@@ -168,6 +168,7 @@ def test_the_mirror_is_averaged_in_only_where_the_answer_is_less_sure_than_the_m
 def test_condition_slices_cover_every_image_and_find_where_accuracy_falls():
     from agerange.evaluate import (
         IMAGE_CONDITIONS,
+        NO_FACE,
         accuracy_by_condition,
         accuracy_by_group_and_ethnicity,
         weakest_conditions,
@@ -189,6 +190,12 @@ def test_condition_slices_cover_every_image_and_find_where_accuracy_falls():
     worst = by_condition.sort_values("drop", ascending=False).iloc[0]
     assert worst["condition"] == "blur" and worst["bin"] == "1 of 4" and worst["accuracy"] == 0.0
     assert weakest_conditions(by_condition, 1)[0].startswith("blur ")
+    # a slice with fewer measured images than bins: each measured one is a bin of its own, and
+    # only the unmeasured ones are filed as "no face found"
+    few = pd.DataFrame({"age_group": np.zeros(12, int), "face_size": [0.5, 0.6] + [np.nan] * 10})
+    few_slices = accuracy_by_condition(few, np.zeros(12, int), conditions=("face_size",))
+    assert few_slices["bin"].tolist() == ["1 of 2", "2 of 2", NO_FACE]
+    assert few_slices["images"].tolist() == [1, 1, 10]
     cells = accuracy_by_group_and_ethnicity(table, predicted)
     assert cells["images"].sum() == count and set(cells.columns) == {
         "age_group",

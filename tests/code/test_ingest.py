@@ -79,6 +79,10 @@ def test_ingest_quarantines_each_bad_file_with_one_reason_and_keeps_the_rest(tmp
         "40_0_0_20170101000000006.jpg.chip.jpg": truncated,
         "41_0_0_20170101000000007.jpg.chip.jpg": b"this is not an image",
         "150_0_0_20170101000000008.jpg.chip.jpg": jpeg_bytes(seed=2),
+        # the same face as the first file, labelled out of range: a conflict, so neither is kept
+        "0_0_0_20170101000000011.jpg.chip.jpg": jpeg_bytes(seed=5),
+        "30_0_0_20170101000000012.jpg.chip.jpg": jpeg_bytes(seed=5),
+        "41_0_0_20170101000000013.jpg.chip.jpg": bomb_png(),  # header claims 20000 x 20000 pixels
         "39_1_20170116174525125.jpg.chip.jpg": jpeg_bytes(seed=3),
         "nm0000100_rm1001569280_1955-1-6_2011.jpg": jpeg_bytes(seed=4),
     }
@@ -99,6 +103,9 @@ def test_ingest_quarantines_each_bad_file_with_one_reason_and_keeps_the_rest(tmp
         "41_0_0_20170101000000007.jpg.chip.jpg": UNDECODABLE_IMAGE,
         "150_0_0_20170101000000008.jpg.chip.jpg": AGE_OUT_OF_RANGE,
         "39_1_20170116174525125.jpg.chip.jpg": UNPARSABLE_NAME,
+        "0_0_0_20170101000000011.jpg.chip.jpg": CONFLICTING_DUPLICATE,
+        "30_0_0_20170101000000012.jpg.chip.jpg": CONFLICTING_DUPLICATE,
+        "41_0_0_20170101000000013.jpg.chip.jpg": UNDECODABLE_IMAGE,
     }
     for path, detail in zip(quarantine["path"], quarantine["detail"], strict=True):
         assert Path(path).name in detail and "\n" not in detail
@@ -181,6 +188,29 @@ def test_missing_or_unreadable_archive(tmp_path, content, message):
         archive.write_bytes(content)
     with pytest.raises(ArchiveError, match=message):
         extract_archive(archive, tmp_path / "out")
+    # the whole ingest says the same before it hashes anything (a folder is named as one)
+    trusted = _trust(archive) if content is not None else {"data.tar": "0" * 64}
+    with pytest.raises(ArchiveError, match=message):
+        ingest(archive, tmp_path / "images", trusted, 1, 116)
+    with pytest.raises(ArchiveError, match="not a file"):
+        ingest(tmp_path, tmp_path / "images", {"data.tar": "0" * 64}, 1, 116)
+
+
+def bomb_png() -> bytes:
+    """A tiny PNG whose header claims 20000 x 20000 pixels (PIL refuses it as a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_mini_set_keeps_every_good_image_and_explains_every_rejection(mini_ingested):

@@ -61,3 +61,14 @@ def test_the_left_out_images_leave_training_only(tmp_path):
     issues = train.assign(suggested_group=[6, 0, 6], label_probability=0.1, group_distance=[6, 6, 5])
     contact_sheet(issues, tmp_path, tmp_path / "sheet.png")
     assert Image.open(tmp_path / "sheet.png").size[0] > 200
+
+
+def test_a_training_split_smaller_than_the_principal_components_still_gets_probabilities():
+    """150 rows in 5 folds: each fold fits on 120, fewer than the 128 components asked for."""
+    from agerange.label_noise import out_of_fold_probabilities
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(10), 15)
+    features = rng.normal(size=(150, 200)) + groups[:, None]
+    probabilities = out_of_fold_probabilities(features, groups, folds=5, seed=0)
+    assert probabilities.shape == (150, 10) and np.allclose(probabilities.sum(axis=1), 1)

@@ -48,6 +48,19 @@ def test_out_of_range_codes_are_rejected(name):
         parse_utkface_name(name)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "26_1_3_20170117154736394.jpg.chip.jpg\n",  # a trailing newline (a name read from a list)
+        "\uff12\uff16_1_3_20170117154736394.jpg.chip.jpg",  # full-width digits
+        "nm0000100_rm1001569280_1955-1-6_2011.jpg\n",
+    ],
+)
+def test_a_name_must_match_whole_and_in_ascii_digits(name):
+    with pytest.raises(LabelError):
+        parse_label(name)
+
+
 def test_imdb_wiki_age_is_photo_year_minus_birth_year():
     label = parse_label("nm0000100_rm1001569280_1955-1-6_2011.jpg")
     assert (label.age, label.gender, label.ethnicity, label.source) == (56, None, None, "imdb_wiki")

@@ -24,6 +24,9 @@ def test_the_card_states_use_figures_and_where_the_model_fails():
         {"backbone": "mobilenet_v2", "image_size": 160}, evaluation, predict_path, conditions, 7
     )
     assert card.startswith("# agerange model card (version 7)") and "## Intended use" in card
+    # the share of wrong answers is the test split's own, not a fixed phrase
+    assert "44% of exact answers on the test split are wrong" in card.split("## Model")[0]
+    assert "many exact answers are wrong" in model_card({"backbone": "mobilenet_v2"}, {}, {}, None)
     assert "| test | 56.0% | 94.1% | 5.6 |" in card and "53.7%" in card
     assert "| new photos (270 labelled real photos, their age ranges) | 37.0% | 80.7% |" in card
     failures = card.split("## Known failure conditions")[1]

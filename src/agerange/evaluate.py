@@ -229,10 +229,12 @@ def evaluate(
 def summary_line(results: dict[str, dict], reports: Path) -> str:
     """The evaluate stage's one-paragraph summary of its validation and test metrics."""
     test = results["test"]
+    gap = test.get("ethnicity_accuracy_gap")
+    gap_text = f"{gap:.3f}" if gap is not None and np.isfinite(gap) else "n/a (no ethnicity labels)"
     return (
         f"evaluate: test split {test['n']} images: accuracy {test['accuracy']:.3f}, within one group "
         f"{test['within_one']:.3f}, MAE {test['mae_years']:.1f} years, macro-F1 {test['macro_f1']:.3f}, "
-        f"ECE {test['ece']:.3f}, ethnicity gap {test.get('ethnicity_accuracy_gap', 0):.3f} "
+        f"ECE {test['ece']:.3f}, ethnicity gap {gap_text} "
         f"(validation accuracy {results['val']['accuracy']:.3f}); report in {reports}."
     )
 

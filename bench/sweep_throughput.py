@@ -64,6 +64,9 @@ def main() -> None:
         head_epochs=args.epochs, finetune_epochs=args.epochs, patience=args.epochs, batch_size=64,
         neighbour_smoothing=0.2, age_sigma=0.0, augment=False, realign=False, weight_soup=False,
         finetune_runs=1, ensemble_members=1, mixed_precision="off", seed=1,
+        # the group head and no real-photo variants: both sides train the same, uncached, model
+        head="groups", age_loss_weight=0.0, augment_variants=0, augment_strength=0.0,
+        deterministic="off", threads=0,
     )  # fmt: skip
     rebalance = RebalanceConfig(strategy="undersample", max_per_group=150, seed=0)  # strategy: tuned
     checkpoints = Path(tempfile.mkdtemp())

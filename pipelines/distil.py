@@ -63,14 +63,20 @@ def main() -> None:
     experiment = tracking.use_store(teacher_run["tracking_uri"])
     state_file = args.checkpoints / "run.json"
     previous = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    if previous.get("teacher_run") != teacher_run["run_id"]:  # another teacher: start afresh
-        previous = {}
+    # resume only the same student: the same teacher, distil settings and re-cut detector
+    same_student = {
+        "teacher_run": teacher_run["run_id"],
+        "settings": {**vars(settings)},
+        "recut": [package.detector, package.min_detector_score],
+    }
+    if {key: previous.get(key) for key in same_student} != json.loads(json.dumps(same_student)):
+        previous = {}  # another student: start afresh
         shutil.rmtree(args.checkpoints, ignore_errors=True)
     name = f"distil-{config.backbone}-{config.image_size}px"
     with tracking.start_run(experiment, name, previous.get("run_id")):
         run_id = tracking.active_run_id()
         args.checkpoints.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"run_id": run_id, "teacher_run": teacher_run["run_id"]}))
+        state_file.write_text(json.dumps({"run_id": run_id, **same_student}))
         if not previous:
             tracking.log_params({**vars(settings)}, prefix="distil")
             tracking.set_tags({"stage": "distil", "teacher_run": teacher_run["run_id"]})

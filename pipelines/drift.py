@@ -44,7 +44,9 @@ def main() -> None:
         predictor = load_predictor(settings.model, store=args.store)
     except (FileNotFoundError, ValueError) as error:
         fail(str(error))
-    tables = describe_sets(predictor, photos, pd.read_parquet(args.splits), args.images, settings)
+    tables = describe_sets(
+        predictor, photos, pd.read_parquet(args.splits), args.images, settings, args.photos
+    )
     summary = drift_summary(tables, args.photos, args.reports, settings)
     write_json(summary, args.summary)
     files = [args.summary, *sorted(args.reports.glob("*.html")), *sorted(args.reports.glob("*.csv"))]

@@ -19,7 +19,7 @@ import pandas as pd
 from agerange import provenance, tracking
 from agerange.config import ConfigError, fail, load_section, read_resolved, setup_logging
 from agerange.evaluate import plot_curves
-from agerange.files import atomic_path, write_csv, write_json
+from agerange.files import atomic_path, sha256_file, write_csv, write_json
 from agerange.model import float32_copy
 from agerange.training import TrainData, configure_device, stage_data, stage_options, train_members
 from agerange.training.report import model_info, summary
@@ -45,7 +45,7 @@ def main() -> None:
         logging.getLogger("train").info("using the tuned params: %s", resolved.tuned)
     device = configure_device(config.mixed_precision, config.deterministic, config.threads)
     data = _decode(args, config)
-    with _training_run(args, resolved, device, data) as run_id:
+    with _training_run(args, resolved, device, data, package) as run_id:
         options = stage_options(config, device, package, args.checkpoints / "epochs", tracking.epoch_hook())
         try:
             result = train_members(config, data, options)
@@ -68,19 +68,28 @@ def _decode(args: argparse.Namespace, config) -> TrainData:
 
 
 @contextmanager
-def _training_run(args: argparse.Namespace, resolved, device: dict, data: TrainData) -> Iterator[str]:
-    """The MLflow run of this training: resumed when the checkpoints hold one for the same settings."""
+def _training_run(
+    args: argparse.Namespace, resolved, device: dict, data: TrainData, package
+) -> Iterator[str]:
+    """The MLflow run of this training: resumed when the checkpoints hold one for the same
+    training, i.e. the same settings, input files, re-cut detector and device."""
     settings = dataclasses.asdict(resolved)
+    same_training = {
+        "params": settings,
+        "inputs": {str(path): sha256_file(path) for path in (args.splits, args.train)},
+        "recut": [package.detector, package.min_detector_score],
+        "device": device,
+    }
     state_file = args.checkpoints / "run.json"
     previous = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    if previous.get("params") != settings:
-        previous = {}  # different settings: start afresh rather than resume a different training
+    if {key: previous.get(key) for key in same_training} != json.loads(json.dumps(same_training)):
+        previous = {}  # another training: start afresh rather than resume it (its rows may now be test rows)
         shutil.rmtree(args.checkpoints, ignore_errors=True)
     experiment = tracking.use_store(args.store)
     with tracking.start_run(experiment, f"train-{resolved.train.backbone}", previous.get("run_id")):
         run_id = tracking.active_run_id()
         args.checkpoints.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"run_id": run_id, "params": settings}))
+        write_json({"run_id": run_id, **same_training}, state_file)
         if not previous:
             tracking.log_params(settings["train"], prefix="train")
             tracking.log_params(settings["rebalance"], prefix="rebalance")

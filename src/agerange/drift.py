@@ -46,6 +46,7 @@ FEATURES = [
 PREDICTION = "predicted_group"
 EMBEDDING = "penultimate"
 EMBEDDING_DIMENSIONS = 16  # principal components of the embedding kept for the drift test
+MIN_EMBEDDING_FACES = 10  # fewer faces in a set: the embedding test is skipped, and says so
 
 
 def describe_photo(predictor, image, name: str) -> tuple[dict[str, Any], np.ndarray | None]:
@@ -104,8 +105,9 @@ def embedding_projection(reference: pd.DataFrame, dimensions: int = EMBEDDING_DI
 def project(table: pd.DataFrame, projection) -> pd.DataFrame:
     """The table with its raw embedding replaced by its principal components (pc_0, pc_1, ...)."""
     columns, mean, axes = projection
-    components = (table[columns].to_numpy(dtype=np.float64) - mean) @ axes.T
-    projected = table.drop(columns=columns)
+    # a set in which no photo had a face has no embedding columns: its components are all NaN
+    components = (table.reindex(columns=columns).to_numpy(dtype=np.float64) - mean) @ axes.T
+    projected = table.drop(columns=columns, errors="ignore")
     for index in range(components.shape[1]):
         projected[f"pc_{index}"] = components[:, index]
     return projected
@@ -241,44 +243,57 @@ def drift_report(
     projection = embedding_projection(reference)
     reference, current = project(reference, projection), project(current, projection)
     components = [c for c in reference.columns if c.startswith("pc_")]
-    # photos without a face have no embedding; the embedding test compares faces only
-    reference, current = (
-        reference.fillna({c: 0.0 for c in components}),
-        current.fillna({c: 0.0 for c in components}),
-    )
     columns = FEATURES + [PREDICTION]
     level = alpha / len(columns)
-    definition = DataDefinition(
-        numerical_columns=FEATURES, categorical_columns=[PREDICTION], embeddings={EMBEDDING: components}
+    features = DataDefinition(numerical_columns=FEATURES, categorical_columns=[PREDICTION])
+    preset = DataDriftPreset(
+        columns=columns,
+        num_method="ks",
+        cat_method=_register_homogeneity_test(),
+        threshold=level,
+        drift_share=0.5,
     )
-    report = Report(
-        [
-            DataDriftPreset(
-                columns=columns,
-                num_method="ks",
-                cat_method=_register_homogeneity_test(),
-                threshold=level,
-                drift_share=0.5,
-            ),
-            EmbeddingsDrift(
-                embeddings_name=EMBEDDING,
-                drift_method=ModelDriftMethod(threshold=embedding_auc, bootstrap=False),
-                tests=[lte(embedding_auc)],
-            ),
-        ],
-        include_tests=True,
-    )
-    keep = ["photo", *columns, *components]
-    snapshot = report.run(
-        Dataset.from_pandas(current[keep], data_definition=definition),
-        Dataset.from_pandas(reference[keep], data_definition=definition),
+    keep = ["photo", *columns]
+    snapshot = Report([preset], include_tests=True).run(
+        Dataset.from_pandas(current[keep], data_definition=features),
+        Dataset.from_pandas(reference[keep], data_definition=features),
     )  # Evidently 0.7 takes the current data first
+    summary = summarize(snapshot.dict(), level)
+    # The embedding test compares faces only: photos without a face have no embedding, and as
+    # one point each they would pull the classifier's AUC towards 0.5 (drift missed).
+    with_face = [table.dropna(subset=components)[["photo", *components]] for table in (current, reference)]
+    face_snapshot = None
+    if min(len(table) for table in with_face) >= MIN_EMBEDDING_FACES:
+        embeddings = DataDefinition(embeddings={EMBEDDING: components})
+        drift = EmbeddingsDrift(
+            embeddings_name=EMBEDDING,
+            drift_method=ModelDriftMethod(threshold=embedding_auc, bootstrap=False),
+            tests=[lte(embedding_auc)],
+        )
+        face_snapshot = Report([drift], include_tests=True).run(
+            *(Dataset.from_pandas(table, data_definition=embeddings) for table in with_face)
+        )
+        summary = merge_embedding_verdict(summary, summarize(face_snapshot.dict(), level))
+    else:
+        counts = f"new photos {len(with_face[0])}, reference {len(with_face[1])}"
+        skipped = f"fewer than {MIN_EMBEDDING_FACES} faces in a set ({counts})"
+        summary["embedding"] = {"drifted": False, "test": "classifier ROC AUC", "skipped": skipped}
     if html is not None:
         from agerange.files import atomic_path
 
         with atomic_path(Path(html)) as temporary:
             snapshot.save_html(str(temporary))
-    return summarize(snapshot.dict(), level)
+        if face_snapshot is not None:
+            with atomic_path(Path(html).with_name(Path(html).stem + "_embeddings.html")) as temporary:
+                face_snapshot.save_html(str(temporary))
+    return summary
+
+
+def merge_embedding_verdict(features: dict[str, Any], faces: dict[str, Any]) -> dict[str, Any]:
+    """The feature report's summary with the faces-only report's embedding verdict."""
+    drifted = [name for name in features["drifted"] if name != EMBEDDING]
+    drifted += [EMBEDDING] if faces["embedding"].get("drifted") else []
+    return {**features, "drifted": drifted, "drift": bool(drifted), "embedding": faces["embedding"]}
 
 
 def summarize(snapshot: dict[str, Any], level: float) -> dict[str, Any]:
@@ -318,11 +333,12 @@ def sample_chips(splits: pd.DataFrame, split: str, size: int, seed: int) -> pd.D
 
 
 def describe_sets(
-    predictor, photos: list[Path], splits: pd.DataFrame, images: Path, settings
+    predictor, photos: list[Path], splits: pd.DataFrame, images: Path, settings, folder: Path
 ) -> dict[str, pd.DataFrame]:
     """The reference (training chips), the control (held-back test chips) and the new photos, described.
 
     Args:
+        folder: the new photos' folder; a photo is named by its path under it.
         settings: the drift section (`DriftConfig`: reference_size, control_size, seed).
     """
     tables = {}
@@ -332,9 +348,9 @@ def describe_sets(
     ):
         tables[name] = describe_photos(predictor, [images / p for p in rows["path"]], list(rows["path"]))
     # new photos also answered in FairFace's ranges, for range accuracy when they carry labels
-    tables["new_photos"] = describe_photos(
-        answering_in_fairface_ranges(predictor), photos, [p.name for p in photos]
-    )
+    # named by their path under the photos folder, as labels.csv names them (`filename`)
+    names = [p.relative_to(folder).as_posix() if p.is_relative_to(folder) else p.name for p in photos]
+    tables["new_photos"] = describe_photos(answering_in_fairface_ranges(predictor), photos, names)
     return tables
 
 

@@ -9,6 +9,7 @@ the nightly found them.
 """
 
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ def _identity(root: Path) -> dict[str, str]:
 
 
 def commit_working_tree(root: Path, branch: str, message: str, also: tuple[str, ...] = ("dvc.lock",)) -> str:
-    """Commit every tracked file as it is in the working tree, and the files in `also` (dvc.lock
+    """Commit every tracked or staged file as it is in the working tree, and the files in `also` (dvc.lock
     may be untracked yet), on top of HEAD as the new branch `branch`; returns the commit's sha.
 
     Nothing else changes: a scratch index is used, and HEAD, the index and the files stay as they are.
@@ -57,7 +58,13 @@ def commit_working_tree(root: Path, branch: str, message: str, also: tuple[str, 
         raise RecordError(f"branch {branch}: already exists; not overwriting another record")
     with tempfile.TemporaryDirectory() as scratch:
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index")}
-        git(root, "read-tree", "HEAD", env=env)
+        # a copy of the real index, so files the user staged but has not committed (new ones
+        # too) are in the record; then every tracked file as it is in the working tree
+        real_index = root / git(root, "rev-parse", "--git-path", "index")
+        if real_index.is_file():
+            shutil.copyfile(real_index, Path(scratch) / "index")
+        else:
+            git(root, "read-tree", "HEAD", env=env)
         git(root, "add", "--update", env=env)  # tracked files, modified or deleted
         present = [name for name in also if (root / name).is_file()]
         if present:

@@ -26,8 +26,9 @@ def test_the_record_commits_the_working_tree_on_a_branch_and_changes_nothing_els
     (repo / "params.yaml").write_text("seed: 2\n")  # a user's uncommitted change
     (repo / "dvc.lock").write_text("stages: {}\n")  # written by dvc repro, not tracked yet
     (repo / "notes.txt").write_text("scratch\n")  # untracked and not asked for: stays out
-    (repo / "code.py").write_text("print('bye')\n")
-    _git(repo, "add", "code.py")  # a staged change stays staged, as it was
+    (repo / "code.py").write_text("import helper\nprint('bye')\n")
+    (repo / "helper.py").write_text("X = 1\n")  # a new file the change needs, staged, not committed
+    _git(repo, "add", "code.py", "helper.py")  # staged changes stay staged, as they were
     head, status = _git(repo, "rev-parse", "HEAD"), _git(repo, "status", "--porcelain")
 
     commit = commit_working_tree(repo, "nightly/one", "record")
@@ -35,8 +36,13 @@ def test_the_record_commits_the_working_tree_on_a_branch_and_changes_nothing_els
     assert _git(repo, "rev-parse", "nightly/one") == commit
     assert _git(repo, "show", f"{commit}:params.yaml") == "seed: 2"
     assert _git(repo, "show", f"{commit}:dvc.lock") == "stages: {}"
-    assert _git(repo, "show", f"{commit}:code.py") == "print('bye')"
-    assert _git(repo, "ls-tree", "--name-only", commit).split() == ["code.py", "dvc.lock", "params.yaml"]
+    assert _git(repo, "show", f"{commit}:code.py") == "import helper\nprint('bye')"
+    assert _git(repo, "ls-tree", "--name-only", commit).split() == [
+        "code.py",
+        "dvc.lock",
+        "helper.py",
+        "params.yaml",
+    ]
     assert _git(repo, "rev-parse", f"{commit}^") == head  # on top of HEAD
     # HEAD, the branch, the index and the files are as they were
     assert _git(repo, "rev-parse", "HEAD") == head and _git(repo, "branch", "--show-current") == "main"

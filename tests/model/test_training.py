@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from agerange.config import TrainConfig, load_section
@@ -507,3 +508,78 @@ def test_distillation_targets_blend_teacher_and_labels_and_refuse_another_head()
     np.testing.assert_allclose(blended.sum(axis=1), 1.0)
     with pytest.raises(ValueError, match="train.head must be the teacher's"):
         blend_targets(np.ones((2, 101), np.float32) / 101, labels, 0.5)
+
+
+def test_the_train_stage_resumes_only_the_same_training(tmp_path, monkeypatch):
+    """Checkpoints left by an interrupted run are resumed only for the same settings, input
+    files, re-cut detector and device: after a new split they would hold a model that saw what
+    are now test rows."""
+    import argparse
+    import json
+
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "pipelines"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    import train as train_stage
+
+    from agerange.config import ResolvedTraining
+
+    resolved = ResolvedTraining(load_section("train"), load_section("rebalance"))
+    package = load_section("package")
+    args = argparse.Namespace(
+        splits=tmp_path / "splits.parquet", train=tmp_path / "train.parquet",
+        checkpoints=tmp_path / "checkpoints", store=tmp_path / "mlruns",
+    )  # fmt: skip
+    args.splits.write_bytes(b"split A")
+    args.train.write_bytes(b"rows")
+    device = {"augment": False, "mixed_precision": False}
+    no_rows = pd.DataFrame({"path": pd.Series([], dtype=str), "age_group": pd.Series([], dtype=int)})
+    empty = TrainData(load_split(no_rows, tmp_path, 8), load_split(no_rows, tmp_path, 8))
+
+    def run_id(**changed) -> str:
+        with train_stage._training_run(args, resolved, changed.get("device", device), empty, package) as run:
+            (args.checkpoints / "phase1_done.weights.h5").write_bytes(b"weights")
+            return run
+
+    first = run_id()
+    assert run_id() == first  # interrupted and started again: the same training resumes
+    assert json.loads((args.checkpoints / "run.json").read_text())["run_id"] == first
+    args.splits.write_bytes(b"split B")  # a new split: its checkpoints are another training's
+    second = run_id()
+    assert second != first
+    assert run_id(device={**device, "augment": True}) != second  # moved to a GPU
+
+
+def test_the_online_augmentations_draw_independently_of_each_other():
+    """Each augmentation layer has its own seed: with one seed for all, every mirrored image was
+    also darkened and every other one brightened (one random number drove them all)."""
+    from agerange.training.feeds import augmentation
+
+    gradient = np.tile(np.linspace(50, 200, 32, dtype=np.float32), (32, 1))  # brighter to the right
+    batch = np.repeat(np.stack([gradient] * 3, axis=-1)[None], 64, axis=0)
+    out = np.asarray(augmentation(42)(batch, training=True))
+    mirrored = out[:, :, :8].mean(axis=(1, 2, 3)) > out[:, :, -8:].mean(axis=(1, 2, 3))
+    brighter = out.mean(axis=(1, 2, 3)) > batch.mean(axis=(1, 2, 3))
+    assert 0 < mirrored.sum() < 64
+    # both kinds of image got both kinds of brightness change
+    assert {(bool(m), bool(b)) for m, b in zip(mirrored, brighter, strict=True)} == {
+        (True, True),
+        (True, False),
+        (False, True),
+        (False, False),
+    }
+
+
+def test_the_reported_validation_accuracy_is_the_returned_models_not_a_phase_one_epochs():
+    from agerange.training.recipe import TrainResult
+
+    history = pd.DataFrame(
+        {
+            "phase": ["head", "head", "finetune", "finetune"],
+            "epoch": [1, 2, 3, 4],
+            "val_accuracy": [0.6, 0.62, 0.5, 0.55],
+        }
+    )
+    assert TrainResult(None, history, None, 1.0, 1.0).best_val_accuracy == 0.55
+    souped = TrainResult(None, history, None, 1.0, 1.0, soup={"val_accuracy": 0.57, "epochs": [3, 4]})
+    assert souped.best_val_accuracy == 0.57

@@ -87,3 +87,36 @@ def test_new_photo_accuracy_measures_a_labelled_folder_through_the_predict_path(
     found = new_photo_accuracy(predictor, tmp_path)
     assert found["labelled_photos"] == 6 and found["photos_with_face"] >= 5
     assert 0 <= found["range_accuracy"] <= found["range_within_one"] <= 1
+
+
+def _described(rows: int, seed: int, faces: int, shift: float = 0.0, width: int = 32) -> pd.DataFrame:
+    """A `describe_photos`-shaped table: drift features, the answer, and embeddings for the first
+    `faces` rows (the others had no face: no embedding, as describe_photos leaves them)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame({"photo": [f"p{seed}_{i}.jpg" for i in range(rows)]})
+    for column in FEATURES:
+        table[column] = rng.normal(size=rows)
+    table["predicted_group"] = rng.choice(["Adult", "Senior"], rows)
+    if faces:
+        embeddings = rng.normal(size=(rows, width)) + shift
+        embeddings[faces:] = np.nan
+        table = pd.concat(
+            [table, pd.DataFrame(embeddings, columns=[f"emb_{i}" for i in range(width)])], axis=1
+        )
+    return table
+
+
+def test_a_set_without_any_face_gets_a_report_and_embeddings_are_judged_on_faces_only():
+    """No face in any new photo is the strongest drift there is, not a crash; and photos without
+    a face must not dilute the embedding test of the faces that are there."""
+    reference = _described(300, seed=0, faces=300)
+    faceless = _described(100, seed=1, faces=0)
+    report = drift_report(reference, faceless)
+    assert report["embedding"]["skipped"].startswith("fewer than 10 faces")
+    # 40 faces whose embeddings moved, among 160 photos without one
+    few_faces = drift_report(reference, _described(200, seed=2, faces=40, shift=1.5))
+    assert "penultimate" in few_faces["drifted"] and few_faces["embedding"]["score"] > 0.9
+    unmoved = drift_report(reference, _described(200, seed=3, faces=40))
+    assert "penultimate" not in unmoved["drifted"]

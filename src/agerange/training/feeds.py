@@ -33,12 +33,14 @@ def augmentation(seed: int):
     import keras
     from keras import layers
 
+    # one seed each: layers seeded alike draw the same numbers, so every mirrored image would
+    # also be darkened and zoomed alike (four augmentations reduced to one)
     return keras.Sequential(
         [
             layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed),
-            layers.RandomTranslation(0.05, 0.05, fill_mode="reflect", seed=seed),
-            layers.RandomZoom((-0.08, 0.0), fill_mode="reflect", seed=seed),  # a small crop
+            layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 1),
+            layers.RandomTranslation(0.05, 0.05, fill_mode="reflect", seed=seed + 2),
+            layers.RandomZoom((-0.08, 0.0), fill_mode="reflect", seed=seed + 3),  # a small crop
         ],
         name="augmentation",
     )
@@ -64,7 +66,9 @@ def full_network_feed(model, config: TrainConfig, data: TrainData, targets, recu
     trainer = keras.Model(inputs, model(augment(inputs)))
     chips, paths = data.train.chips, data.train.table["path"].tolist()
     variants = [chips] + ([recut_logged(recut, chips)] if recut is not None else [])
-    # real-photo versions, made once (the same as the CPU path caches); augmentation runs on top
+    # real-photo versions, made once (the same images the CPU path caches); augmentation runs on
+    # top. Each row shows one version per epoch, so they are a larger share here (2 of 4 with two
+    # variants and the re-cut) than on a CPU, whose mirrors count as versions (2 of 6)
     variants += [
         degraded(chips, paths, variant, config.augment_strength) for variant in range(config.augment_variants)
     ]

@@ -179,8 +179,11 @@ def train_head(model, feed: Feed, config: TrainConfig, options, records: list) -
         feed.trainer, feed.train_data, feed.val_data, config.head_epochs, config.patience,
         checkpoint_dir / "phase1", [callback],
     )  # fmt: skip
-    model.save_weights(marker)
+    # the history first, then the marker in one rename: a kill in between or during the save
+    # leaves no marker, and phase 1 simply runs again
     (checkpoint_dir / "phase1_history.json").write_text(json.dumps(records))
+    with atomic_path(marker) as path:
+        model.save_weights(path)
     return epochs
 
 

@@ -6,9 +6,10 @@ one is given. Measures every variant through the whole predict path (face detect
 TFLite classifier) on the validation photos, with and without the mirror-image average, and
 serves the fastest whose accuracy the declared rule allows (`serving.choose_variant`,
 `package.max_accuracy_loss`). Saves it as the MLflow
-pyfunc (photo bytes in, one row per face out), logs it to the training run as `serving_model`
-(the register stage registers it), and reports the served variant on validation, test and the
-labelled new photos, with every variant's validation figures beside it.
+pyfunc (photo bytes in, one row per face out), logs it to the training run as
+`serving_model/<hash of its files>` (the register stage registers it), and reports the served
+variant on validation, test and the labelled new photos, with every variant's validation
+figures beside it.
 """
 
 import argparse

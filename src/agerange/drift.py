@@ -283,9 +283,12 @@ def drift_report(
 
         with atomic_path(Path(html)) as temporary:
             snapshot.save_html(str(temporary))
+        faces_page = Path(html).with_name(Path(html).stem + "_embeddings.html")
         if face_snapshot is not None:
-            with atomic_path(Path(html).with_name(Path(html).stem + "_embeddings.html")) as temporary:
+            with atomic_path(faces_page) as temporary:
                 face_snapshot.save_html(str(temporary))
+        else:
+            faces_page.unlink(missing_ok=True)  # an earlier run's page would read as this one's
     return summary
 
 

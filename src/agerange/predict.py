@@ -430,7 +430,7 @@ class AgePredictor:
         batch_photos: int = 32,
         workers: int = 2,
         names: Sequence[str] | None = None,
-        keep_images: bool = True,
+        keep_images: bool = False,
     ) -> Iterator[tuple[PreparedPhoto, PhotoPrediction]]:
         """Predictions photo by photo, in order, for a long list: the next `batch_photos` are
         decoded and detected in `workers` threads while the current batch is classified.
@@ -452,7 +452,8 @@ class AgePredictor:
 
 
 def load_predictor(model: str, store: str | Path | None = None, **settings: Any) -> AgePredictor:
-    """An AgePredictor from a registry or run URI (`models:/agerange@champion`, `runs:/ID/serving_model`)
+    """An AgePredictor from a registry or run URI (`models:/agerange@champion`,
+    `runs:/ID/serving_model/<hash>`)
     or from a packaged model folder (the package stage's `data/serving`).
 
     `store` is where a registry or run URI lives (`tracking.tracking_uri`: a folder or a URI;

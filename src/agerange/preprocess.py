@@ -87,7 +87,11 @@ def upright(image: Image.Image) -> Image.Image:
         orientation = image.getexif().get(0x0112, 1)
     except Exception:  # an EXIF block too damaged to read: the pixels as stored
         return image
-    return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
+    if orientation not in _UPRIGHT:
+        return image
+    turned = image.transpose(_UPRIGHT[orientation])
+    turned.info.pop("exif", None)  # its orientation tag no longer holds: nothing may turn it twice
+    return turned
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -97,9 +101,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         values = np.asarray(image, dtype=np.float64)
-        if image.mode == "F" and values.max(initial=0) <= 1:
+        top = values.max(initial=0)
+        if image.mode == "F" and top <= 1:
             values = values * 255  # a float image in [0, 1]
-        elif image.mode != "F" and (image.mode != "I" or values.max(initial=0) > 255):
+        elif image.mode.startswith("I;16") or top > 255:
             values = values / 257  # 0-65535 -> 0-255
         return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):

@@ -9,7 +9,6 @@ the nightly found them.
 """
 
 import os
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -58,14 +57,13 @@ def commit_working_tree(root: Path, branch: str, message: str, also: tuple[str, 
         raise RecordError(f"branch {branch}: already exists; not overwriting another record")
     with tempfile.TemporaryDirectory() as scratch:
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index")}
-        # a copy of the real index, so files the user staged but has not committed (new ones
-        # too) are in the record; then every tracked file as it is in the working tree
-        real_index = root / git(root, "rev-parse", "--git-path", "index")
-        if real_index.is_file():
-            shutil.copyfile(real_index, Path(scratch) / "index")
-        else:
-            git(root, "read-tree", "HEAD", env=env)
+        # files the user added to the index but has not committed yet belong in the record too
+        staged_new = git(root, "diff", "--cached", "--name-only", "--diff-filter=A", "-z").split("\0")
+        git(root, "read-tree", "HEAD", env=env)
         git(root, "add", "--update", env=env)  # tracked files, modified or deleted
+        present_new = [name for name in staged_new if name and (root / name).is_file()]
+        if present_new:
+            git(root, "add", "--", *present_new, env=env)
         present = [name for name in also if (root / name).is_file()]
         if present:
             git(root, "add", "--", *present, env=env)

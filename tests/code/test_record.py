@@ -72,3 +72,12 @@ def test_outside_a_git_repository_files_still_come_back(tmp_path: Path):
     (tmp_path / "params.yaml").write_text("seed: 2\n")
     restore_files(tmp_path, saved)
     assert (tmp_path / "params.yaml").read_text() == "seed: 1\n"
+
+
+def test_a_file_hidden_from_git_status_is_still_recorded_as_it_is(repo: Path):
+    """A local settings tweak kept out of `git status` (skip-worktree) built the model: the
+    record holds the file as it is, not as committed."""
+    (repo / "params.yaml").write_text("seed: 2\n")
+    _git(repo, "update-index", "--skip-worktree", "params.yaml")
+    commit = commit_working_tree(repo, "nightly/hidden", "record")
+    assert _git(repo, "show", f"{commit}:params.yaml") == "seed: 2"

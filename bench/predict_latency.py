@@ -134,11 +134,11 @@ def main() -> None:
         print(f"{name:<18} {percentiles(times)} {sum(counts):>6} {sum(c == 0 for c in counts):>8}")
 
     # 2. single-photo latency on one-face photos
-    # one face as predict counts faces: found, and wide enough to classify (min_face_pixels)
-    def usable_faces(image) -> int:
-        return len(select_faces(first.detector.find_faces(image), first.min_face_pixels)[0])
+    def classified_faces(image) -> list:
+        """The faces predict classifies: found, and wide enough (min_face_pixels)."""
+        return select_faces(first.detector.find_faces(image), first.min_face_pixels)[0]
 
-    one_face = [(n, d) for n, d in payloads if usable_faces(read_image(d, n)) == 1][: args.n]
+    one_face = [(n, d) for n, d in payloads if len(classified_faces(read_image(d, n))) == 1][: args.n]
     print(
         f"\n2. Latency per one-face photo ({len(one_face)} photos), JPEG bytes to age range, "
         f"mirror average {settings.flip} (margin {settings.flip_margin})"
@@ -240,8 +240,7 @@ def main() -> None:
     val_paths = splits[splits["split"] == "val"]["path"][: args.fidelity_chips]
     face_sets = {"validation chips": [read_image(args.chips / path) for path in val_paths], "photo faces": []}
     for image in (read_image(data, name) for name, data in payloads):
-        faces, _ = select_faces(first.detector.find_faces(image), first.min_face_pixels)  # as predict
-        face_sets["photo faces"] += [align_face(image, face, CHIP_SIZE) for face in faces]
+        face_sets["photo faces"] += [align_face(image, face, CHIP_SIZE) for face in classified_faces(image)]
     outputs = {
         (way, faces_name): predictor.probabilities(
             np.stack([chip_pixels(chip, predictor.image_size) for chip in chips])

@@ -397,9 +397,8 @@ def drift_summary(tables: dict[str, pd.DataFrame], photos: Path, reports: Path, 
         table.drop(columns=[c for c in table.columns if c.startswith("emb_")]).to_csv(
             reports / f"{name}_features.csv", index=False
         )
-    labels_file = photos / "labels.csv"
-    if labels_file.is_file():
-        summary["accuracy"] = range_accuracy(tables["new_photos"], pd.read_csv(labels_file))
+    if (labels := photo_labels(photos)) is not None:
+        summary["accuracy"] = range_accuracy(tables["new_photos"], labels)
     return summary
 
 

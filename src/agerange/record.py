@@ -61,10 +61,7 @@ def commit_working_tree(root: Path, branch: str, message: str, also: tuple[str, 
         staged_new = git(root, "diff", "--cached", "--name-only", "--diff-filter=A", "-z").split("\0")
         git(root, "read-tree", "HEAD", env=env)
         git(root, "add", "--update", env=env)  # tracked files, modified or deleted
-        present_new = [name for name in staged_new if name and (root / name).is_file()]
-        if present_new:
-            git(root, "add", "--", *present_new, env=env)
-        present = [name for name in also if (root / name).is_file()]
+        present = [name for name in (*also, *staged_new) if name and (root / name).is_file()]
         if present:
             git(root, "add", "--", *present, env=env)
         tree = git(root, "write-tree", env=env)

@@ -90,6 +90,42 @@ def _removed_when_done(folder: Path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """`make(seed + trial number)`, a sampler of its own for each trial.
+
+    A sampler seeded once draws the same numbers in every process: a resumed sweep (tomorrow's
+    night) would replay its first trials, and workers started together on one study would
+    suggest the same settings side by side. The storage gives every trial of a study its own
+    number, so seeding by it gives each trial its own draws (given the trials finished before
+    it), and one worker on an empty study still reproduces from `seed` alone.
+    """
+
+    def __init__(self, make: Callable[..., optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._by_trial: dict[int, optuna.samplers.BaseSampler] = {}
+
+    def _of(self, trial) -> optuna.samplers.BaseSampler:
+        if trial.number not in self._by_trial:
+            self._by_trial[trial.number] = self._make(seed=self._seed + trial.number)
+        return self._by_trial[trial.number]
+
+    def infer_relative_search_space(self, study, trial):
+        return self._of(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._of(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._of(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self._of(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._of(trial).after_trial(study, trial, state, values)
+        del self._by_trial[trial.number]
+
+
 MISSED_HEARTBEATS = 3  # a running trial silent this long is its dead worker's: failed and retried
 
 
@@ -100,7 +136,8 @@ def open_study(
 
     A running trial whose worker sent no heartbeat for three intervals is marked failed when a
     worker next starts a trial, and its params are queued again once (a killed sweep loses no
-    finished trial and repeats none). A worker joining a study that has trials draws new ones.
+    finished trial and repeats none). Each trial draws its own settings (`TrialSeeded`), also
+    on workers started together.
     """
     import sqlalchemy.exc
 
@@ -113,21 +150,14 @@ def open_study(
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                 engine_kwargs={"pool_pre_ping": True},
             )
-            study = optuna.create_study(
+            return optuna.create_study(
                 study_name=study_name,
                 storage=storage,
                 direction="maximize",
-                sampler=_by_name(SAMPLERS, sampler, "sampler")(seed=seed),
+                sampler=TrialSeeded(_by_name(SAMPLERS, sampler, "sampler"), seed),
                 pruner=_by_name(PRUNERS, pruner, "pruner")(),
                 load_if_exists=True,
             )
-            # A seeded sampler replays the same suggestions in every new process: a resumed sweep
-            # (tomorrow's night) would retry the trials it already ran. Offset the seed by the
-            # trials already in the study, so an empty study still reproduces from `seed` alone.
-            done = len(study.get_trials(deepcopy=False))
-            if done:
-                study.sampler = _by_name(SAMPLERS, sampler, "sampler")(seed=seed + done)
-            return study
         except sqlalchemy.exc.SQLAlchemyError as error:
             # Workers starting together on an empty database race to create its tables:
             # the loser sees a duplicate-key error and simply tries again.

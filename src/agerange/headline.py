@@ -17,6 +17,8 @@ FIGURES = {
     "test_within_one": ("evaluation", "test.within_one"),
     "test_mae_years": ("evaluation", "test.mae_years"),
     "test_ethnicity_gap": ("evaluation", "test.ethnicity_accuracy_gap"),
+    # ... and the gap a model equally accurate for every ethnicity would show there by chance
+    "test_ethnicity_gap_by_chance": ("evaluation", "test.ethnicity_gap_by_chance"),
     "val_accuracy": ("evaluation", "val.accuracy"),
     "predict_path_test_accuracy": ("predict_path", "test.accuracy"),
     "predict_path_faces_found": ("predict_path", "test.faces_found"),

@@ -42,6 +42,17 @@ def mae_years(expected_ages: np.ndarray, true_ages: np.ndarray) -> float:
     return float(np.abs(np.asarray(expected_ages) - np.asarray(true_ages, dtype=np.float32)).mean())
 
 
+def proportion_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of an accuracy `share` measured on `n` photos:
+    where the accuracy on more photos of the same kind would lie. On a few hundred photos it is
+    about 12 points wide, so a point or two between models there is noise."""
+    if n <= 0:
+        return (0.0, 1.0)
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def fairface_range(age: float) -> int:
     """Index of the FairFace age range (0-2, 3-9, 10-19, ..., 70+) holding an age in years.
 

@@ -5,6 +5,8 @@ from typing import Any
 
 import pandas as pd
 
+from agerange.metrics import proportion_interval
+
 
 def intended_use(test_accuracy: float | None) -> str:
     """What the model is for and not for; the share of wrong answers is the test split's own."""
@@ -70,10 +72,13 @@ def model_card(
         f"{_percent(path_test.get('within_one'))} | - | - | - |"
     )
     if new := predict_path.get("new_photos"):
+        photos = int(new.get("photos_with_face") or 0)
         lines.append(
             f"| new photos ({new.get('labelled_photos')} labelled real photos, their age ranges) | "
-            f"{_percent(new.get('range_accuracy'))} | {_percent(new.get('range_within_one'))} | - | - | - |"
+            f"{_with_interval(new.get('range_accuracy'), photos)} | "
+            f"{_with_interval(new.get('range_within_one'), photos)} | - | - | - |"
         )
+    lines += _gap_note(val, test)
     lines += _served_variant(info.get("variant"), info.get("layers_in_float"))
     lines += ["", "## Known failure conditions (test split)", ""]
     if conditions is not None and len(conditions):
@@ -89,6 +94,33 @@ def model_card(
         "- make-up, glasses, head coverings and occlusions are not measured separately yet",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _with_interval(share: Any, photos: int) -> str:
+    """A share with its 95% interval over `photos` (`metrics.proportion_interval`)."""
+    if share is None or photos <= 0:
+        return _percent(share)
+    low, high = proportion_interval(float(share), photos)
+    return f"{_percent(share)} ({100 * low:.0f}-{100 * high:.0f}%)"
+
+
+def _gap_note(val: dict[str, Any], test: dict[str, Any]) -> list[str]:
+    """What the ethnicity gaps would be by chance alone (`evaluate.gap_by_chance`)."""
+    sides = [(name, figures) for name, figures in (("validation", val), ("test", test))
+             if "ethnicity_gap_by_chance" in figures]  # fmt: skip
+    if not sides:
+        return []
+    parts = [
+        f"{_percent(figures['ethnicity_gap_by_chance'])} on {name} (the measured gap's p-value "
+        f"{figures['ethnicity_gap_p_value']:.2f})"
+        for name, figures in sides
+    ]
+    return [
+        "",
+        "Intervals are 95%. A model exactly as accurate for every ethnicity would show a gap by "
+        "sampling alone, with these splits' group sizes: " + "; ".join(parts) + ". A smaller "
+        "p-value says more of the gap is the model's.",
+    ]
 
 
 def _mirror_words(predict: dict[str, Any]) -> str:

@@ -213,3 +213,39 @@ def test_the_summary_says_no_gap_when_there_are_no_ethnicity_labels(tmp_path):
     assert "ethnicity gap n/a (no ethnicity labels)" in summary_line(results, tmp_path)
     results["test"] = {**test, "ethnicity_accuracy_gap": 0.0412}
     assert "ethnicity gap 0.041 " in summary_line(results, tmp_path)
+
+
+def test_the_gap_by_chance_is_what_equal_accuracy_shows_on_groups_of_these_sizes():
+    from agerange.evaluate import gap_by_chance
+
+    # two groups of 1,000 at 50%: the gap is |a difference of two binomial shares|, whose
+    # standard deviation is sqrt(2 * 0.25 / 1000); the median of its absolute value is 0.674 of that
+    gaps = gap_by_chance(np.array([1000, 1000]), 0.5)
+    assert np.median(gaps) == pytest.approx(0.674 * np.sqrt(0.5 / 1000), rel=0.1)
+    # smaller groups, larger gaps by chance; a model always right (or wrong) shows none
+    assert np.median(gap_by_chance(np.array([100, 100]), 0.5)) > 2 * np.median(gaps)
+    assert gap_by_chance(np.array([50, 20]), 1.0).max() == 0.0
+    # seeded: the same figures every run
+    assert np.array_equal(gap_by_chance(np.array([300, 200]), 0.6), gap_by_chance(np.array([300, 200]), 0.6))
+
+
+def test_evaluate_says_whether_a_gap_is_more_than_chance():
+    rng = np.random.default_rng(0)
+    ethnicity = np.repeat([0, 1], 400)
+    groups = np.full(800, 6)
+
+    def figures(right_share_by_ethnicity):
+        right = rng.random(800) < np.asarray(right_share_by_ethnicity)[ethnicity]
+        table = pd.DataFrame({
+            "age": 30, "age_group": groups, "ethnicity": pd.array(ethnicity, dtype="Int8"),
+            "gender": pd.array(np.tile([0, 1], 400), dtype="Int8"), "path": [str(i) for i in range(800)],
+        })  # fmt: skip
+        return evaluate(table, _onehot(np.where(right, 6, 2)))[0]
+
+    unfair = figures([0.8, 0.4])
+    assert unfair["ethnicity_accuracy_gap"] > 0.3 and unfair["ethnicity_gap_p_value"] == 0.0
+    # 400 a side at about 60%: sampling alone gives a gap of a few points
+    assert 0.01 < unfair["ethnicity_gap_by_chance"] < 0.05
+    fair = figures([0.6, 0.6])
+    assert fair["ethnicity_gap_p_value"] > 0.05
+    assert {"gender_gap_by_chance", "gender_gap_p_value"} <= set(fair)

@@ -44,3 +44,16 @@ def test_range_accuracy_counts_a_missing_age_as_wrong_and_refuses_a_missing_labe
     assert range_within_one(predicted, truth) == 0.75
     with pytest.raises(ValueError, match="true ages"):
         range_accuracy(predicted, np.array([20, 30, np.nan, 3]))
+
+
+def test_the_interval_of_a_share_is_wilsons():
+    from agerange.metrics import proportion_interval
+
+    # by hand: 122 of 270, and the textbook 0 of 10 (upper bound 0.2775)
+    low, high = proportion_interval(122 / 270, 270)
+    assert (low, high) == pytest.approx((0.3936, 0.5115), abs=1e-4)
+    assert proportion_interval(0.0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert proportion_interval(1.0, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    # it narrows as the photos grow, and no photos says nothing
+    assert proportion_interval(0.5, 2700)[1] - proportion_interval(0.5, 2700)[0] < high - low
+    assert proportion_interval(0.5, 0) == (0.0, 1.0)

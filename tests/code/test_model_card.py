@@ -72,3 +72,17 @@ def test_the_card_says_how_the_served_model_uses_the_mirror_image():
     assert "TFLite classifier on each face once, without the mirror image." in cards["off"]
     assert "averaged with the mirror image of every face." in cards["every face"]
     assert "where its answer leads the runner-up by less than 0.1" in cards["unsure"]
+
+
+def test_the_card_gives_the_new_photos_an_interval_and_the_gap_its_chance_level():
+    evaluation = {
+        "test": {"accuracy": 0.56, "within_one": 0.94, "mae_years": 5.2, "ethnicity_accuracy_gap": 0.099,
+                 "ethnicity_gap_by_chance": 0.053, "ethnicity_gap_p_value": 0.046},
+    }  # fmt: skip
+    new_photos = {"labelled_photos": 270, "photos_with_face": 270, "range_accuracy": 122 / 270,
+                  "range_within_one": 225 / 270}  # fmt: skip
+    card = model_card({"backbone": "mobilenet_v2"}, evaluation, {"new_photos": new_photos}, None)
+    # Wilson 95% intervals of 122 and 225 right of 270
+    assert "| 45.2% (39-51%) | 83.3% (78-87%) |" in card
+    assert "5.3% on test (the measured gap's p-value 0.05)" in card
+    assert "on validation" not in card  # a side without the figures is left out

@@ -4,6 +4,7 @@ This module is the only place the age-group edges live. Everything else (ingest,
 rebalance, training, evaluation, predict, drift) calls `age_to_group`.
 """
 
+import datetime
 import math
 import re
 from collections.abc import Sequence
@@ -177,8 +178,12 @@ def parse_imdb_wiki_name(name: str) -> Label:
     match = _IMDB_WIKI.fullmatch(name)
     if match is None:
         raise LabelError(f"{name}: not an IMDB-WIKI name (expected nm.._rm.._YYYY-MM-DD_YYYY.jpg)")
-    if not (1 <= int(match["month"]) <= 12 and 1 <= int(match["day"]) <= 31):
-        raise LabelError(f"{name}: birth date {match['birth']}-{match['month']}-{match['day']} is not a date")
+    try:  # a calendar date: 1955-2-31 is not one, 1956-2-29 is
+        datetime.date(int(match["birth"]), int(match["month"]), int(match["day"]))
+    except ValueError:
+        raise LabelError(
+            f"{name}: birth date {match['birth']}-{match['month']}-{match['day']} is not a date"
+        ) from None
     age = int(match["taken"]) - int(match["birth"])
     if age < 0:
         raise LabelError(f"{name}: photo year {match['taken']} is before birth year {match['birth']}")

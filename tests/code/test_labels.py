@@ -65,12 +65,16 @@ def test_imdb_wiki_age_is_photo_year_minus_birth_year():
     label = parse_label("nm0000100_rm1001569280_1955-1-6_2011.jpg")
     assert (label.age, label.gender, label.ethnicity, label.source) == (56, None, None, "imdb_wiki")
     assert parse_imdb_wiki_name("nm0000001_rm124825600_1899-05-10_1968.jpg").age == 69
+    assert parse_imdb_wiki_name("nm0000001_rm124825600_1956-2-29_1990.jpg").age == 34  # a leap day
 
 
 @pytest.mark.parametrize(
     ("name", "reason"),
     [
         ("nm0000100_rm1001569280_1955-13-6_2011.jpg", "not a date"),
+        ("nm0000100_rm1001569280_1955-2-31_2011.jpg", "not a date"),
+        ("nm0000100_rm1001569280_1955-2-29_2011.jpg", "not a date"),  # not a leap year
+        ("nm0000100_rm1001569280_1955-0-6_2011.jpg", "not a date"),
         ("nm0000100_rm1001569280_2015-1-6_2011.jpg", "before birth year"),
         ("nm0000100_1955-1-6_2011.jpg", "not an IMDB-WIKI name"),
         ("README.md", "unrecognised name"),

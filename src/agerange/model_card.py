@@ -73,8 +73,9 @@ def model_card(
     )
     if new := predict_path.get("new_photos"):
         photos = int(new.get("photos_with_face") or 0)
+        interval = "; in brackets the 95% interval" if photos else ""
         lines.append(
-            f"| new photos ({new.get('labelled_photos')} labelled real photos, their age ranges) | "
+            f"| new photos ({new.get('labelled_photos')} labelled real photos, their age ranges{interval}) | "
             f"{_with_interval(new.get('range_accuracy'), photos)} | "
             f"{_with_interval(new.get('range_within_one'), photos)} | - | - | - |"
         )
@@ -117,9 +118,9 @@ def _gap_note(val: dict[str, Any], test: dict[str, Any]) -> list[str]:
     ]
     return [
         "",
-        "Intervals are 95%. A model exactly as accurate for every ethnicity would show a gap by "
-        "sampling alone, with these splits' group sizes: " + "; ".join(parts) + ". A smaller "
-        "p-value says more of the gap is the model's.",
+        "A model exactly as accurate for every ethnicity would still show a gap, by sampling alone, "
+        "on these splits' group sizes: " + "; ".join(parts) + ". A smaller p-value says more of "
+        "the gap is the model's.",
     ]
 
 

@@ -83,6 +83,6 @@ def test_the_card_gives_the_new_photos_an_interval_and_the_gap_its_chance_level(
                   "range_within_one": 225 / 270}  # fmt: skip
     card = model_card({"backbone": "mobilenet_v2"}, evaluation, {"new_photos": new_photos}, None)
     # Wilson 95% intervals of 122 and 225 right of 270
-    assert "| 45.2% (39-51%) | 83.3% (78-87%) |" in card
+    assert "their age ranges; in brackets the 95% interval) | 45.2% (39-51%) | 83.3% (78-87%) |" in card
     assert "5.3% on test (the measured gap's p-value 0.05)" in card
     assert "on validation" not in card  # a side without the figures is left out

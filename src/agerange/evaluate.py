@@ -238,6 +238,9 @@ def gap_by_chance(images: np.ndarray, accuracy: float, draws: int = 10_000, seed
     inside it cannot be told from noise, and a target below it is met or missed by luck.
     """
     sizes = np.asarray(images, dtype=np.int64)
+    if not len(sizes) or sizes.min() < 1 or not 0 <= accuracy <= 1:
+        raise ValueError(f"gap_by_chance: needs groups of 1 or more images and an accuracy in [0, 1], "
+                         f"got {sizes.tolist()} and {accuracy}")  # fmt: skip
     right = np.random.default_rng(seed).binomial(sizes, accuracy, size=(draws, len(sizes)))
     shares = right / sizes
     return shares.max(axis=1) - shares.min(axis=1)
@@ -245,7 +248,8 @@ def gap_by_chance(images: np.ndarray, accuracy: float, draws: int = 10_000, seed
 
 def _gap_against_chance(column: str, gap: float, per: pd.DataFrame) -> dict[str, float]:
     """The gap a model equally accurate for every `column` value would show here (the median of
-    `gap_by_chance`), and the share of such draws with a gap at least `gap` (its p-value)."""
+    `gap_by_chance`), and how often such a model shows a gap at least `gap` (its p-value, counted
+    the Monte Carlo way, (draws reaching it + 1) / (all draws + 1): never 0 from finitely many)."""
     if len(per) < 2:
         return {}
     sizes = per["images"].to_numpy(np.int64)
@@ -254,7 +258,7 @@ def _gap_against_chance(column: str, gap: float, per: pd.DataFrame) -> dict[str,
     return {
         f"{column}_gap_by_chance": float(np.median(chance)),
         # a draw equal to the measured gap counts as reaching it (float shares of the same counts)
-        f"{column}_gap_p_value": float((chance >= gap - 1e-9).mean()),
+        f"{column}_gap_p_value": float(((chance >= gap - 1e-9).sum() + 1) / (len(chance) + 1)),
     }
 
 

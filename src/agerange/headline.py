@@ -1,4 +1,4 @@
-"""The headline: the dozen figures a reader compares between two commits (`dvc metrics diff`).
+"""The headline: the twenty-odd figures a reader compares between two commits (`dvc metrics diff`).
 
 Every stage keeps its full report (per-group counts, every drift test's p-value, both splits'
 scores); these are picked from them: how right the model is on the test split, through the

@@ -119,8 +119,9 @@ def _gap_note(val: dict[str, Any], test: dict[str, Any]) -> list[str]:
     return [
         "",
         "A model exactly as accurate for every ethnicity would still show a gap, by sampling alone, "
-        "on these splits' group sizes: " + "; ".join(parts) + ". A smaller p-value says more of "
-        "the gap is the model's.",
+        "on these splits' group sizes: " + "; ".join(parts) + ". The p-value is how often equal "
+        "accuracy would show a gap at least as large as the measured one: below about 0.05 the gap "
+        "is unlikely to be sampling alone.",
     ]
 
 

@@ -96,8 +96,8 @@ class TrialSeeded(optuna.samplers.BaseSampler):
     A sampler seeded once draws the same numbers in every process: a resumed sweep (tomorrow's
     night) would replay its first trials, and workers started together on one study would
     suggest the same settings side by side. The storage gives every trial of a study its own
-    number, so seeding by it gives each trial its own draws (given the trials finished before
-    it), and one worker on an empty study still reproduces from `seed` alone.
+    number, so seeding by it gives each trial its own draws (given the study's other trials),
+    and one worker on an empty study still reproduces from `seed` alone.
     """
 
     def __init__(self, make: Callable[..., optuna.samplers.BaseSampler], seed: int) -> None:

@@ -23,7 +23,7 @@ from agerange.config import ConfigError, fail, load_section, read_resolved, setu
 from agerange.distil import student_config, teacher_probabilities, train_student
 from agerange.files import atomic_path, resumable_run, save_run_state, write_json
 from agerange.model import SKIPPED, float32_copy
-from agerange.training import configure_device, load_split, stage_data, stage_options
+from agerange.training import configure_device, load_split, recut_identity, stage_data, stage_options
 from agerange.training.report import model_info, summary
 
 
@@ -65,7 +65,7 @@ def main() -> None:
     same_student = {
         "teacher_run": teacher_run["run_id"],
         "settings": {**vars(settings)},
-        "recut": [package.detector, package.min_detector_score],
+        "recut": recut_identity(package),
     }
     resumed = resumable_run(args.checkpoints, same_student)
     name = f"distil-{config.backbone}-{config.image_size}px"

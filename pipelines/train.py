@@ -20,7 +20,14 @@ from agerange.config import ConfigError, fail, load_section, read_resolved, setu
 from agerange.evaluate import plot_curves
 from agerange.files import atomic_path, resumable_run, save_run_state, sha256_file, write_csv, write_json
 from agerange.model import float32_copy
-from agerange.training import TrainData, configure_device, stage_data, stage_options, train_members
+from agerange.training import (
+    TrainData,
+    configure_device,
+    recut_identity,
+    stage_data,
+    stage_options,
+    train_members,
+)
 from agerange.training.report import model_info, summary
 
 
@@ -76,7 +83,7 @@ def _training_run(
     same_training = {
         "params": settings,
         "inputs": {str(path): sha256_file(path) for path in (args.splits, args.train)},
-        "recut": [package.detector, package.min_detector_score],
+        "recut": recut_identity(package),
         "device": device,
     }
     # another training's checkpoints are never resumed (its rows may now be test rows)

@@ -11,7 +11,14 @@ from agerange.training.data import SplitData, TrainData, load_split, probe_rows,
 from agerange.training.device import configure_device, resolve_augment
 from agerange.training.ensemble import train_members
 from agerange.training.feature_cache import FeatureCache
-from agerange.training.recipe import TrainOptions, TrainResult, realign_recut, stage_options, train
+from agerange.training.recipe import (
+    TrainOptions,
+    TrainResult,
+    realign_recut,
+    recut_identity,
+    stage_options,
+    train,
+)
 
 __all__ = [
     "FeatureCache",
@@ -23,6 +30,7 @@ __all__ = [
     "load_split",
     "probe_rows",
     "realign_recut",
+    "recut_identity",
     "resolve_augment",
     "stage_data",
     "stage_options",

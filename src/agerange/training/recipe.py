@@ -65,6 +65,12 @@ def realign_recut(config: TrainConfig, package: PackageConfig) -> Recut | None:
     return chip_recut(package.detector, package.min_detector_score) if config.realign else None
 
 
+def recut_identity(package: PackageConfig) -> list:
+    """The settings the re-cut chips depend on (`realign_recut`'s), for a stage's resume key:
+    checkpoints trained on chips cut by another detector are not resumed."""
+    return [package.detector, package.min_detector_score]
+
+
 @dataclass
 class TrainResult:
     """What a training run produced."""

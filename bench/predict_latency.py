@@ -2,7 +2,7 @@
 way (Keras `model.predict` per face), measured side by side in one run, with each variant's
 validation accuracy through the whole predict path beside it (from the package stage's report).
 
-Three tables:
+The tables:
   1. detectors  - BlazeFace short range (the default), BlazeFace full range and MTCNN (the
                   `mtcnn` package) on the same photos: ms per photo and faces found
   2. latency    - one-face photos, from JPEG bytes to age ranges (decode, detect, align,
@@ -11,6 +11,9 @@ Three tables:
                   default predict settings (the mirror-image average when package.flip, for
                   the faces less sure than package.flip_margin), with every face mirrored and
                   without the mirror; target >= 1,400 chips/s
+  3b. one network - the trained model's first member alone, its weights at each of
+                  --network-sizes, in int8 without the mirror: what input size the chips/s target
+                  asks for on this machine (speed only; the weights were trained at one size)
   4. a folder   - every photo of --photos through the served-like predictor (the trained model
                   in float): one at a time (1 thread, batches of 1 photo) vs the pipelined
                   stream that `agerange predict` uses (decode and detect in threads while the
@@ -66,6 +69,9 @@ def main() -> None:
     parser.add_argument("--batch-chips", type=int, default=1024)
     parser.add_argument("--naive-chips", type=int, default=64)
     parser.add_argument("--fidelity-chips", type=int, default=800, help="validation chips for table 5")
+    parser.add_argument(
+        "--network-sizes", type=int, nargs="*", default=[160, 128, 112, 96], help="input sides for table 3b"
+    )
     args = parser.parse_args()
     setup_logging()  # before TensorFlow is imported: it quiets the notices a CPU run prints
 
@@ -217,6 +223,38 @@ def main() -> None:
         keras_models["model"].predict(chip[None], verbose=0)
     naive_rate = len(naive) / (time.perf_counter() - start)
     print(f"{'naive model.predict':<26} {size:>5} {'':>18} {'':>22} {naive_rate:>10.0f}")
+
+    # 3b. what the chips/s target asks of the network: one network alone (the trained model's
+    # first member), its weights at each input size, int8 as the package stage exports it, no
+    # mirror. Speed only: those weights were trained at the model's own size.
+    print(
+        f"\n3b. One network alone at each input size (int8, no mirror; speed only), chips/s "
+        f"on {len(decoded)} chips"
+    )
+    print(f"{'size':>5} {'chips/s':>8}  (three runs)")
+    import keras
+
+    ensemble, info = models["model"]
+    mean = next((layer for layer in ensemble.layers if layer.name == "ensemble_mean"), None)
+    member = ensemble if mean is None else keras.Model(ensemble.input, mean.input[0])
+    for side in args.network_sizes:
+        network = keras.models.clone_model(member, input_tensors=keras.Input((side, side, 3), name="pixels"))
+        network.set_weights(member.get_weights())
+        float_folder, int8_folder = scratch / f"network_{side}_float", scratch / f"network_{side}_int8"
+        export_variant(network, {**info, "image_size": side}, float_folder, settings)
+        export_variant(
+            network, {**info, "image_size": side}, int8_folder, settings,
+            calibration_chips(float_folder, calibration),
+        )  # fmt: skip
+        network_predictor = AgePredictor.from_directory(int8_folder)
+        chips = np.stack([chip_pixels(image, side) for image in decoded])
+        network_predictor.classifier(chips[:64], flip=False)  # warm-up at this batch size
+        runs = []
+        for _ in range(3):
+            start = time.perf_counter()
+            network_predictor.classifier(chips, flip=False)
+            runs.append(len(chips) / (time.perf_counter() - start))
+        print(f"{side:>5} {max(runs):>8.0f}  ({' / '.join(f'{rate:.0f}' for rate in runs)})")
     # 4. a folder of photos, one at a time vs the pipelined stream of `agerange predict`
     print(f"\n4. A folder: {len(photos)} photos from JPEG files to answers (model float), two rounds")
     print(f"{'way':<34} {'photos/s':>9}")

@@ -40,7 +40,8 @@ def nightly_steps(python: str, trials: int, timeout_minutes: float) -> list[list
     return [
         [python, "pipelines/tune.py", "--splits", "data/splits.parquet", "--images", "data/images",
          "--out", "data/training.json", "--reports", "data/reports/tune",
-         "--checkpoints", "data/checkpoints/tune", "--add-trials", str(trials),
+         "--checkpoints", "data/checkpoints/tune", "--drop", "data/label_drop.csv",
+         "--add-trials", str(trials),
          "--timeout-minutes", str(timeout_minutes)],
         # The whole pipeline: the tune stage re-reads the study's best; train, evaluate, register,
         # drift and the headline figures follow if it changed (drift also when only the champion

@@ -28,6 +28,7 @@ from agerange.config import (
     write_resolved,
 )
 from agerange.files import write_csv, write_json
+from agerange.rebalance import without_suspected_errors
 from agerange.training import configure_device, load_split, realign_recut
 from agerange.tune import (
     baseline_params,
@@ -37,6 +38,7 @@ from agerange.tune import (
     keep_study_file,
     make_objective,
     open_study,
+    queue_first_trials,
     settle_dead_trials,
     trials_table,
     write_plots,
@@ -52,6 +54,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the resolved training configuration (JSON)")
     parser.add_argument("--reports", type=Path, required=True, help="folder for the trials table and plots")
     parser.add_argument("--checkpoints", type=Path, required=True, help="per-trial epoch checkpoints")
+    parser.add_argument(
+        "--drop", type=Path, help="images the trials leave out of training (the label check's list)"
+    )
     tracking.add_store_argument(parser)
     parser.add_argument("--storage", help="Optuna storage URL (overrides tune.storage)")
     parser.add_argument(
@@ -68,6 +73,8 @@ def main() -> None:
         check_choices(tune, train, rebalance)
     except ConfigError as error:
         fail(str(error))
+    if args.drop is not None and not args.drop.is_file():
+        fail(f"{args.drop}: the label check's list of images to leave out is missing (dvc repro label_check)")
     storage = args.storage or tune.storage
     try:  # the study's URL is logged with the sweep: its password belongs in PGPASSWORD or ~/.pgpass
         tracking.refuse_password(storage, "Optuna storage")
@@ -98,19 +105,16 @@ def run_sweep(study: optuna.Study, target: int, timeout: float, tune: TuneConfig
     train, rebalance, package = (load_section(name) for name in ("train", "rebalance", "package"))
     device = configure_device(train.mixed_precision, train.deterministic, train.threads)
     splits = pd.read_parquet(args.splits)
+    tables = {side: splits[splits["split"] == side].reset_index(drop=True) for side in ("train", "val")}
+    if args.drop is not None:  # trials train on the train stage's rows (validation is never filtered)
+        kept = without_suspected_errors(tables["train"], pd.read_csv(args.drop))
+        tables["train"] = kept.reset_index(drop=True)
     started = time.monotonic()
-    train_split, val = (
-        load_split(splits[splits["split"] == side].reset_index(drop=True), args.images, train.image_size)
-        for side in ("train", "val")
-    )
+    train_split, val = (load_split(tables[side], args.images, train.image_size) for side in ("train", "val"))
     log.info("decoded %d chips once for the whole sweep in %.1f s", len(train_split.groups) + len(val.groups),
              time.monotonic() - started)  # fmt: skip
     experiment = tracking.use_store(args.store)
-    if not study.trials:
-        baseline = baseline_params(tune.space, train, rebalance.strategy)
-        if baseline is not None:
-            study.enqueue_trial(baseline, skip_if_exists=True)
-            log.info("queued params.yaml's configuration as the first trial: %s", baseline)
+    queue_first_trials(study, baseline_params(tune.space, train, rebalance.strategy))
     recut = realign_recut(train, package)
     run_trial = _trial_run(experiment, study)
     objective = make_objective(train_split, val, tune.space, train, rebalance, args.checkpoints, run_trial,

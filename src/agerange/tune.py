@@ -126,6 +126,12 @@ class TrialSeeded(optuna.samplers.BaseSampler):
         del self._by_trial[trial.number]
 
 
+# What a trial's value means. 1: the best validation accuracy of any epoch, phase 1's included,
+# though the trial's model may no longer hold those weights; 2: the validation accuracy of the
+# model the trial returns (`TrainResult.val_accuracy`), what the train stage would ship. A study
+# carries on night after night, so each trial records its version and `best_params` compares
+# only trials of one version.
+OBJECTIVE_VERSION = 2
 MISSED_HEARTBEATS = 3  # a running trial silent this long is its dead worker's: failed and retried
 
 
@@ -253,7 +259,8 @@ def make_objective(
     recut: Recut | None = None,
     jit: bool = False,
 ) -> Callable[[optuna.Trial], float]:
-    """The objective: train one configuration, report each epoch, return the best validation accuracy.
+    """The objective: train one configuration, report each epoch, return the validation accuracy of
+    the model it trained (objective version `OBJECTIVE_VERSION`).
 
     Args:
         train_split, val: decoded once, before the study starts.
@@ -274,6 +281,7 @@ def make_objective(
         keras.backend.clear_session()  # one graph per trial, or memory grows with every trial
         # which worker ran it (host and process): workers on several hosts share one study
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("objective_version", OBJECTIVE_VERSION)
         chosen = suggest(trial, space)
         # the same function builds the train stage's configuration from the study's best
         resolved = resolve(base, base_rebalance, chosen)
@@ -296,28 +304,72 @@ def make_objective(
             # a trial trains one model with one fine-tuning run (the train stage may do more)
             config = dataclasses.replace(resolved.train, ensemble_members=1, finetune_runs=1)
             result = train(config, TrainData(rows, val), options)
-        return result.best_val_accuracy
+        return result.val_accuracy
 
     return objective
 
 
 def best_params(study: optuna.Study) -> dict[str, Any]:
-    """The best finished trial's params and value, or an empty result when none finished."""
-    try:
-        best = study.best_trial
-    except ValueError:
-        return {"trials": 0, "best_value": None, "params": {}}
-    finished = [
-        t
-        for t in study.trials
-        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    ]
+    """The best complete trial of this objective version (`OBJECTIVE_VERSION`): its params and
+    value, or an empty result when none finished.
+
+    Trials measured by an older objective are not compared with today's (their values mean
+    something else); the best of them stands in only while no trial of today's objective has
+    completed (`remeasure_params` queues its settings to be measured again first).
+    """
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    current = [t for t in complete if objective_version(t) == OBJECTIVE_VERSION]
+    candidates = current or complete
+    finished = finished_trials(study)
+    if not candidates:
+        return {"trials": finished, "best_value": None, "params": {}}
+    best = max(candidates, key=lambda t: t.value)
     return {
-        "trials": len(finished),
+        "trials": finished,
         "best_trial": best.number,
         "best_value": best.value,
+        "objective_version": objective_version(best),
         "params": best.params,
     }
+
+
+def queue_first_trials(study: optuna.Study, baseline: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Queue what a study measures before it samples; returns the queued settings.
+
+    A new study first measures params.yaml's configuration (`baseline`), so the best the train
+    stage takes is never worse on validation than params.yaml's own. A study whose trials were
+    all measured by an older objective first measures its best settings again, and the baseline,
+    by today's objective: their old values are not compared with new ones (`best_params`).
+    """
+    new_study = not study.trials
+    if new_study:
+        queue = [baseline] if baseline is not None else []
+    elif (old_best := remeasure_params(study)) is not None:
+        queue = [old_best, *([baseline] if baseline is not None and baseline != old_best else [])]
+    else:
+        return []
+    for params in queue:
+        # tagged when queued, so a second worker sees that today's objective has trials; in a
+        # new study a second worker's copy is skipped (older trials share the params otherwise)
+        tag = {"objective_version": OBJECTIVE_VERSION}
+        study.enqueue_trial(params, user_attrs=tag, skip_if_exists=new_study)
+        log.info("queued to measure first (objective version %d): %s", OBJECTIVE_VERSION, params)
+    return queue
+
+
+def objective_version(trial: optuna.trial.FrozenTrial) -> int:
+    """The objective version that measured a trial; trials from before the tag are version 1."""
+    return int(trial.user_attrs.get("objective_version", 1))
+
+
+def remeasure_params(study: optuna.Study) -> dict[str, Any] | None:
+    """The settings to measure again by today's objective before anything else: those of the
+    best trial measured by an older one, while the study has no trial of today's objective
+    (complete, running or queued). None otherwise."""
+    if any(objective_version(t) == OBJECTIVE_VERSION for t in study.get_trials(deepcopy=False)):
+        return None
+    best = best_params(study)
+    return best["params"] or None
 
 
 def settle_dead_trials(study: optuna.Study, heartbeat_seconds: float, poll_seconds: float = 1.0) -> list[int]:
@@ -351,12 +403,13 @@ def settle_dead_trials(study: optuna.Study, heartbeat_seconds: float, poll_secon
 
 
 def finished_trials(study: optuna.Study) -> int:
+    """Complete and pruned trials, of every objective version."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
-    return study.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
+    return study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
 
 
 def write_plots(study: optuna.Study, folder: Path) -> list[Path]:

@@ -161,3 +161,48 @@ def test_workers_started_together_on_one_study_draw_different_settings(tmp_path,
     replayed = [(t.number, t.suggest_float("learning_rate", 1e-4, 1e-2, log=True)) for t in
                 (alone.ask() for _ in range(6))]  # fmt: skip
     assert replayed == drawn
+
+
+def test_a_study_measured_by_an_older_objective_measures_its_best_again_and_compares_only_like_values(
+    tmp_path,
+):
+    """Trials from before the objective changed carry no version tag (version 1, the best epoch
+    of either phase): their values are not compared with today's, and their best settings and
+    params.yaml's are measured again before the sweep samples anything new."""
+    from agerange.tune import OBJECTIVE_VERSION, best_params, open_study, queue_first_trials
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = open_study(url, "nightly", "tpe", "none", seed=0, heartbeat_seconds=1)
+    dropout = {"dropout": optuna.distributions.FloatDistribution(0, 1)}
+    for value, old_value in ((0.2, 0.61), (0.4, 0.64)):  # last month's trials, no tag
+        old = optuna.trial.create_trial(params={"dropout": value}, distributions=dropout, value=old_value)
+        study.add_trial(old)
+    assert best_params(study)["params"] == {"dropout": 0.4}  # nothing newer yet: the old best stands in
+    assert best_params(study)["objective_version"] == 1
+
+    queued = queue_first_trials(study, baseline={"dropout": 0.3})
+    assert queued == [{"dropout": 0.4}, {"dropout": 0.3}]
+    # a second worker opening the study now queues nothing more: the queued trials are tagged
+    assert queue_first_trials(open_study(url, "nightly", "tpe", "none", 0, 1), {"dropout": 0.3}) == []
+
+    def objective(trial):
+        trial.set_user_attr("objective_version", OBJECTIVE_VERSION)
+        # today's objective measures lower than the old one for the same settings
+        return {0.4: 0.58, 0.3: 0.60}[trial.suggest_float("dropout", 0, 1)]
+
+    study.optimize(objective, n_trials=2)
+    best = best_params(study)
+    assert (best["params"], best["best_value"], best["objective_version"]) == ({"dropout": 0.3}, 0.60, 2)
+    assert best["trials"] == 4
+    assert queue_first_trials(study, {"dropout": 0.3}) == []  # measured: nothing to queue again
+
+
+def test_a_new_study_queues_params_yamls_configuration_once(tmp_path):
+    from agerange.tune import best_params, open_study, queue_first_trials
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = open_study(url, "nightly", "tpe", "none", seed=0, heartbeat_seconds=1)
+    assert best_params(study) == {"trials": 0, "best_value": None, "params": {}}
+    assert queue_first_trials(study, {"dropout": 0.3}) == [{"dropout": 0.3}]
+    assert queue_first_trials(study, {"dropout": 0.3}) == []
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.WAITING]

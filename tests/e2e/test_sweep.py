@@ -9,6 +9,7 @@ import sys
 import time
 
 import optuna
+import pandas as pd
 import pytest
 
 from tests.e2e.conftest import set_params
@@ -18,11 +19,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(sweep_repo):
+    """Also: the trials leave out the label check's list, as the train stage's rows do."""
     storage = f"sqlite:///{sweep_repo / 'data' / 'resume.db'}"
+    splits = pd.read_parquet(sweep_repo / "data" / "splits.parquet")
+    train_paths = splits.loc[splits["split"] == "train", "path"]
+    pd.DataFrame({"path": train_paths.iloc[:7]}).to_csv(sweep_repo / "data" / "drop-resume.csv", index=False)
     command = [
         sys.executable, "pipelines/tune.py", "--splits", "data/splits.parquet", "--images", "data/images",
         "--out", "data/reports/tune/resume.json", "--reports", "data/reports/tune-resume",
         "--checkpoints", "data/checkpoints/tune-resume", "--storage", storage,
+        "--drop", "data/drop-resume.csv",
     ]  # fmt: skip
     set_params(sweep_repo, tune={"n_trials": 2, "heartbeat_seconds": 1})
     environment = {**os.environ, "PYTHONPATH": str(sweep_repo / "src")}
@@ -52,7 +58,9 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_trials(sweep_repo):
     assert finished_before, "no trial finished before the kill"
 
     time.sleep(4)  # past the heartbeat grace period: the killed trial is stale
-    _run(command, cwd=sweep_repo)
+    resumed = _run(command, cwd=sweep_repo)
+    decoded = len(train_paths) - 7 + int((splits["split"] == "val").sum())
+    assert f"decoded {decoded} chips once for the whole sweep" in resumed.stderr
     study = optuna.load_study(study_name="agerange", storage=storage)
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
     assert len(complete) == 2  # the one finished before the kill, and the killed one's retry

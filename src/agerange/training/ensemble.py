@@ -104,5 +104,6 @@ def _combine(
         boundary=results[0]["boundary"],
         seconds=seconds,
         images_per_second=sum(r["images_per_second"] * r["seconds"] for r in results) / seconds,
+        val_accuracy=accuracy,
         soup={"epochs": soup_epochs, "val_accuracy": accuracy, "members": len(models)},
     )

@@ -18,6 +18,7 @@ from agerange.training.device import resolve_augment
 from agerange.training.feature_cache import FeatureCache, Recut
 from agerange.training.feeds import cached_feed, full_network_feed, pooled_head_feed
 from agerange.training.phases import EpochHook, fine_tune, train_from_scratch, train_head
+from agerange.training.soup import validation_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,10 @@ class TrainResult:
     boundary: str | None  # layer whose output was cached, None when the full network ran
     seconds: float
     images_per_second: float  # training throughput, images (not cached features) per second
+    # validation accuracy of the returned model itself, measured on it: not the best epoch's,
+    # which may be a phase-1 epoch whose weights the model no longer holds
+    val_accuracy: float
     soup: dict | None = field(default=None)  # the fine-tuning epochs averaged and its val accuracy
-
-    @property
-    def best_val_accuracy(self) -> float:
-        """Validation accuracy of the returned model: the soup's, or the best epoch's without one."""
-        if self.soup and self.soup.get("members"):  # an ensemble (train_members)
-            return self.soup["val_accuracy"]
-        best_epoch = float(self.history["val_accuracy"].max())
-        return max(best_epoch, self.soup["val_accuracy"]) if self.soup else best_epoch
 
 
 def train(config: TrainConfig, data: TrainData, options: TrainOptions) -> TrainResult:
@@ -114,7 +110,8 @@ def train(config: TrainConfig, data: TrainData, options: TrainOptions) -> TrainR
     if get_backbone(config.backbone).weights_file is None:  # nothing pretrained: one phase
         feed = full_network_feed(model, config, data, targets, recut=None)
         epochs = train_from_scratch(feed, config, options, records)
-        return _result(model, records, None, started, epochs * len(data.train.groups))
+        accuracy = validation_accuracy(feed.trainer, feed.val_data)
+        return _result(model, records, None, started, epochs * len(data.train.groups), accuracy)
 
     boundary = _freeze_boundary(model, config, options)
     recut = options.recut if config.realign else None
@@ -127,13 +124,15 @@ def train(config: TrainConfig, data: TrainData, options: TrainOptions) -> TrainR
         if options.pooled_head and options.feature_cache is not None:
             head_feed = pooled_head_feed(model, boundary, config, data, targets, cache, features)
     epochs = train_head(model, head_feed, config, options, records)
-    soup = None
+    soup, last_feed = None, head_feed
     if config.unfreeze_layers > 0 and config.finetune_epochs > 0:
         more, soup = fine_tune(model, feed, config, options, records)
         epochs += more
+        last_feed = feed
     if not options.keep_checkpoints:  # finished: nothing left to resume
         shutil.rmtree(options.checkpoint_dir, ignore_errors=True)
-    return _result(model, records, boundary, started, epochs * len(data.train.groups), soup)
+    accuracy = soup["val_accuracy"] if soup else validation_accuracy(last_feed.trainer, last_feed.val_data)
+    return _result(model, records, boundary, started, epochs * len(data.train.groups), accuracy, soup)
 
 
 def check(config: TrainConfig, options: TrainOptions) -> None:
@@ -155,7 +154,7 @@ def _freeze_boundary(model, config: TrainConfig, options: TrainOptions) -> str |
     return boundary
 
 
-def _result(model, records, boundary, started, images_seen, soup=None) -> TrainResult:
+def _result(model, records, boundary, started, images_seen, val_accuracy, soup=None) -> TrainResult:
     seconds = time.monotonic() - started
     return TrainResult(
         model=model,
@@ -163,5 +162,6 @@ def _result(model, records, boundary, started, images_seen, soup=None) -> TrainR
         boundary=boundary,
         seconds=seconds,
         images_per_second=images_seen / seconds if seconds else 0.0,
+        val_accuracy=val_accuracy,
         soup=soup,
     )

@@ -30,7 +30,7 @@ def summary(result: TrainResult) -> dict:
     history = result.history
     best_epoch = history["val_accuracy"].idxmax()
     return {
-        "best_val_accuracy": result.best_val_accuracy,
+        "best_val_accuracy": result.val_accuracy,
         "best_epoch_val_accuracy": float(history["val_accuracy"].max()),
         "best_epoch_val_within_one": float(history.loc[best_epoch, "val_within_one"]),
         "soup_epochs": len(result.soup["epochs"]) if result.soup else 0,

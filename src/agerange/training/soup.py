@@ -56,7 +56,7 @@ def greedy_soup(trainer, snapshots: list[Snapshot], val_data) -> dict:
 
     def accuracy(weights) -> float:
         trainer.set_weights(weights)
-        return float(trainer.evaluate(val_data, verbose=0, return_dict=True)["accuracy"])
+        return validation_accuracy(trainer, val_data)
 
     soup = snapshots[:1]
     best = accuracy(mean(soup))
@@ -66,3 +66,8 @@ def greedy_soup(trainer, snapshots: list[Snapshot], val_data) -> dict:
             soup, best = [*soup, candidate], score
     trainer.set_weights(mean(soup))
     return {"epochs": sorted(epoch for epoch, _, _ in soup), "val_accuracy": best}
+
+
+def validation_accuracy(trainer, val_data) -> float:
+    """Exact age-group accuracy of the weights `trainer` holds now, on the validation data."""
+    return float(trainer.evaluate(val_data, verbose=0, return_dict=True)["accuracy"])

@@ -96,7 +96,7 @@ def main() -> None:
     print(
         f"tune: study '{tune.study_name}' has {best['trials']} finished trials; "
         + (f"best validation accuracy {best['best_value']:.4f} with {best['params']}."
-           if best["trials"] else "none yet, so training uses params.yaml's values.")
+           if best["params"] else "none complete yet, so training uses params.yaml's values.")
     )  # fmt: skip
 
 
@@ -135,7 +135,7 @@ def run_sweep(study: optuna.Study, target: int, timeout: float, tune: TuneConfig
             log.info("failed the trials of workers that died: %s (their params are queued again)", failed)
             tracking.end_runs_of_failed_trials(experiment, study.study_name, set(failed))
         best = best_params(study)
-        if best["trials"]:
+        if best["params"]:
             tracking.log_params(best["params"], prefix="best")
             tracking.log_metrics({"best_val_accuracy": best["best_value"], "finished_trials": best["trials"]})
             tracking.log_artifacts(write_plots(study, args.reports), folder="optuna")

@@ -206,3 +206,10 @@ def test_a_new_study_queues_params_yamls_configuration_once(tmp_path):
     assert queue_first_trials(study, {"dropout": 0.3}) == [{"dropout": 0.3}]
     assert queue_first_trials(study, {"dropout": 0.3}) == []
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.WAITING]
+    # a study whose only finished trial was pruned has no best yet: training keeps params.yaml's
+    pruned = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params={"dropout": 0.3}, intermediate_values={1: 0.5},
+        distributions={"dropout": optuna.distributions.FloatDistribution(0, 1)},
+    )  # fmt: skip
+    study.add_trial(pruned)
+    assert best_params(study) == {"trials": 1, "best_value": None, "params": {}}

@@ -9,7 +9,7 @@ import pandas as pd
 from PIL import Image
 
 from agerange.files import write_png
-from agerange.inference import decode_probabilities, group_probabilities
+from agerange.inference import age_in_group, decode_probabilities, group_probabilities
 from agerange.labels import ETHNICITIES, GENDERS, GROUP_NAMES
 from agerange.metrics import exact_accuracy, group_distance, mae_years, within_one
 
@@ -23,7 +23,8 @@ def classification_metrics(
 
     Returns:
         accuracy (exact group), within_one (at most one group away), mae_years (expected age
-        against true age), macro_f1, ece (expected calibration error, 10 bins), n.
+        against true age), answer_mae_years (the age predict answers beside the group,
+        `inference.age_in_group`), macro_f1, ece (expected calibration error, 10 bins), n.
     """
     groups = np.asarray(groups)
     predicted, expected_age = decode_probabilities(probabilities, neighbour_weight)
@@ -31,6 +32,7 @@ def classification_metrics(
         "accuracy": exact_accuracy(predicted, groups),
         "within_one": within_one(predicted, groups),
         "mae_years": mae_years(expected_age, ages),
+        "answer_mae_years": mae_years(age_in_group(probabilities, predicted), ages),
         "macro_f1": macro_f1(groups, predicted),
         "ece": expected_calibration_error(groups, group_probabilities(probabilities)),
         "n": int(len(groups)),
@@ -274,10 +276,16 @@ def summary_line(results: dict[str, dict], reports: Path) -> str:
         )
     return (
         f"evaluate: test split {test['n']} images: accuracy {test['accuracy']:.3f}, within one group "
-        f"{test['within_one']:.3f}, MAE {test['mae_years']:.1f} years, macro-F1 {test['macro_f1']:.3f}, "
+        f"{test['within_one']:.3f}, MAE {test['mae_years']:.1f} years{_answered(test)}, "
+        f"macro-F1 {test['macro_f1']:.3f}, "
         f"ECE {test['ece']:.3f}, ethnicity gap {gap_text} "
         f"(validation accuracy {results['val']['accuracy']:.3f}); report in {reports}."
     )
+
+
+def _answered(figures: dict) -> str:
+    """The answered age's MAE beside the expected age's, where the evaluation has it."""
+    return f" (the answered age {figures['answer_mae_years']:.1f})" if "answer_mae_years" in figures else ""
 
 
 def worst_mistakes(

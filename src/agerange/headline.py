@@ -16,6 +16,8 @@ FIGURES = {
     "test_accuracy": ("evaluation", "test.accuracy"),
     "test_within_one": ("evaluation", "test.within_one"),
     "test_mae_years": ("evaluation", "test.mae_years"),
+    # ... of the age `agerange predict` answers beside the group (the expected age's is above)
+    "test_answer_mae_years": ("evaluation", "test.answer_mae_years"),
     "test_ethnicity_gap": ("evaluation", "test.ethnicity_accuracy_gap"),
     # ... and the gap a model equally accurate for every ethnicity would show there by chance
     "test_ethnicity_gap_by_chance": ("evaluation", "test.ethnicity_gap_by_chance"),

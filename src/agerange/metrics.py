@@ -33,13 +33,13 @@ def within_one(predicted: np.ndarray, truth: np.ndarray) -> float:
     return float((group_distance(predicted, truth) <= 1).mean())
 
 
-def mae_years(expected_ages: np.ndarray, true_ages: np.ndarray) -> float:
-    """Mean absolute error of expected ages against true ages, in years.
+def mae_years(estimated_ages: np.ndarray, true_ages: np.ndarray) -> float:
+    """Mean absolute error of estimated ages (expected or answered) against true ages, in years.
 
     The true ages are taken as float32, the precision of the model's expected ages, and the
     mean is taken in that precision (as every report before this module did).
     """
-    return float(np.abs(np.asarray(expected_ages) - np.asarray(true_ages, dtype=np.float32)).mean())
+    return float(np.abs(np.asarray(estimated_ages) - np.asarray(true_ages, dtype=np.float32)).mean())
 
 
 def proportion_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:

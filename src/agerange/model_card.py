@@ -29,6 +29,10 @@ HEAD_WORDS = {
 }
 
 
+def _years(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _percent(value: Any) -> str:
     return f"{100 * float(value):.1f}%" if value is not None else "-"
 
@@ -56,13 +60,14 @@ def model_card(
         "models are chosen on the validation split (and the labelled new photos), the test split "
         "is reported once. Labels are noisy (some adults labelled 1 or 2 years old).",
         "", "## Figures", "",
-        "| set | exact group | within one | MAE (years) | ethnicity gap | worst ethnicity |",
+        "| set | exact group | within one | MAE (years): expected / answered age | ethnicity gap "
+        "| worst ethnicity |",
         "|---|---|---|---|---|---|",
     ]  # fmt: skip
     for name, figures in (("validation", val), ("test", test)):
         lines.append(
             f"| {name} | {_percent(figures.get('accuracy'))} | {_percent(figures.get('within_one'))} | "
-            f"{figures.get('mae_years', float('nan')):.1f} | "
+            f"{figures.get('mae_years', float('nan')):.1f} / {_years(figures.get('answer_mae_years'))} | "
             f"{_percent(figures.get('ethnicity_accuracy_gap'))} | "
             f"{_percent(figures.get('ethnicity_worst_accuracy'))} |"
         )

@@ -129,3 +129,17 @@ def test_settings_refuse_an_unknown_head_and_a_bad_range_scheme():
     with pytest.raises(ConfigError, match=r"each range is \[lowest, highest\]"):
         build(PackageConfig, {"ranges": [[0, 9, 3]]}, "params.yaml: package")
     assert build(PackageConfig, {"ranges": [[0, 17], [18, None]]}, "p").range_list() == [(0, 17), (18, None)]
+
+
+def test_the_answered_age_is_the_distributions_median_moved_into_the_answered_group():
+    """The median is the single age with the smallest expected absolute error; inside the
+    answered group it stays as it is, outside it moves to the group's nearest year."""
+    years = np.zeros((1, AGE_BINS), np.float32)
+    years[0, [25, 34, 50]] = [0.4, 0.2, 0.4]  # cumulative: 0.4 at 25, 0.6 at 34: the median is 34
+    assert age_in_group(years, np.array([6]))[0] == 34  # Adult (25-34); its own median would say 25
+    assert age_in_group(years, np.array([8]))[0] == 45  # Middle Age (45-58): its youngest year
+    assert age_in_group(years, np.array([5]))[0] == 24  # Young Adult (19-24): its oldest year
+    assert age_in_group(years, np.array([9]))[0] == 59  # Senior (59+)
+    # over every true age the model's distribution allows, no other age answers closer on average
+    expected_error = [float(years[0] @ np.abs(np.arange(AGE_BINS) - answer)) for answer in range(AGE_BINS)]
+    assert int(np.argmin(expected_error)) == 34

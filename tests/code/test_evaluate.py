@@ -254,3 +254,12 @@ def test_evaluate_says_whether_a_gap_is_more_than_chance():
     fair = figures([0.6, 0.6])
     assert fair["ethnicity_gap_p_value"] > 0.05
     assert {"gender_gap_by_chance", "gender_gap_p_value"} <= set(fair)
+
+
+def test_the_error_of_the_answered_age_is_measured_beside_the_expected_ages():
+    from agerange.labels import AGE_BINS
+
+    years = np.zeros((1, AGE_BINS), np.float32)
+    years[0, [25, 34, 50]] = [0.4, 0.2, 0.4]  # answered Adult (0.6): the median, 34; expected 36.8
+    metrics = classification_metrics(np.array([6]), years, ages=np.array([34]))
+    assert metrics["answer_mae_years"] == 0.0 and metrics["mae_years"] == pytest.approx(2.8, abs=1e-4)

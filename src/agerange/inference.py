@@ -82,7 +82,7 @@ def age_in_group(outputs: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """The age predict answers beside the group, per row: the median of the age distribution (the
     estimate with the smallest expected absolute error), moved to the group's nearest year when
     it lies outside the answered group, so a face answered 'Senior' never gets an age of 40.
-    (The median within the group, used before, answered further from the truth: README, Results.)"""
+    (The median within the group, used before, answered further from the truth: README, New photos.)"""
     median = age_quantiles(outputs, [0.5])[:, 0]
     lowest, highest = GROUP_YEARS[np.asarray(groups, dtype=np.int64)].T
     return np.clip(median, lowest, highest)

@@ -64,7 +64,7 @@ class FacePrediction:
     group_index: int
     probability: float
     expected_age: float  # the mean of the model's age distribution (what MAE measures)
-    age_estimate: int  # an age inside the answered group: the distribution's median within it
+    age_estimate: int  # the distribution's median, moved into the answered group if outside it
     age_interval: list[int]  # the central 80% of the age distribution, [youngest, oldest]
     probabilities: dict[str, float]
     age_range: str | None = None  # the answer in `package.ranges`, when set (e.g. '20-29')

@@ -313,13 +313,14 @@ def best_params(study: optuna.Study) -> dict[str, Any]:
     """The best complete trial of this objective version (`OBJECTIVE_VERSION`): its params and
     value, or an empty result when none finished.
 
-    Trials measured by an older objective are not compared with today's (their values mean
-    something else); the best of them stands in only while no trial of today's objective has
-    completed (`remeasure_params` queues its settings to be measured again first).
+    Trials measured by another objective are not compared with today's (their values mean
+    something else); the best of the newest older version stands in only while no trial of
+    today's objective has completed (`queue_first_trials` queues its settings to be measured
+    again first).
     """
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    current = [t for t in complete if objective_version(t) == OBJECTIVE_VERSION]
-    candidates = current or complete
+    versions = {objective_version(t) for t in complete if objective_version(t) <= OBJECTIVE_VERSION}
+    candidates = [t for t in complete if versions and objective_version(t) == max(versions)]
     finished = finished_trials(study)
     if not candidates:
         return {"trials": finished, "best_value": None, "params": {}}
@@ -336,23 +337,32 @@ def best_params(study: optuna.Study) -> dict[str, Any]:
 def queue_first_trials(study: optuna.Study, baseline: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Queue what a study measures before it samples; returns the queued settings.
 
-    A new study first measures params.yaml's configuration (`baseline`), so the best the train
-    stage takes is never worse on validation than params.yaml's own. A study whose trials were
-    all measured by an older objective first measures its best settings again, and the baseline,
-    by today's objective: their old values are not compared with new ones (`best_params`).
+    A study with no trial of today's objective (`OBJECTIVE_VERSION`; one that failed does not
+    count) first measures params.yaml's configuration (`baseline`), so the best the train stage
+    takes is never worse on validation than params.yaml's own, and, when older trials have a
+    best, those settings again: old values are not compared with new ones (`best_params`).
+    Called when a sweep starts. Workers that start at the same moment may each queue them
+    (a trial or two spent twice, no wrong result); one started later sees them queued.
     """
-    new_study = not study.trials
-    if new_study:
-        queue = [baseline] if baseline is not None else []
-    elif (old_best := remeasure_params(study)) is not None:
-        queue = [old_best, *([baseline] if baseline is not None and baseline != old_best else [])]
-    else:
+    measured = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    states = (*measured, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    todays = [
+        t
+        for t in study.get_trials(deepcopy=False, states=states)
+        if objective_version(t) == OBJECTIVE_VERSION
+    ]
+    if todays:
         return []
+    old_best = best_params(study)["params"] if study.get_trials(deepcopy=False, states=measured) else {}
+    queue = [params for params in (old_best, baseline) if params]
+    if len(queue) == 2 and queue[0] == queue[1]:
+        queue = queue[:1]
     for params in queue:
-        # tagged when queued, so a second worker sees that today's objective has trials; in a
-        # new study a second worker's copy is skipped (older trials share the params otherwise)
-        tag = {"objective_version": OBJECTIVE_VERSION}
-        study.enqueue_trial(params, user_attrs=tag, skip_if_exists=new_study)
+        # tagged when queued, so a worker that starts later sees that today's objective has
+        # trials; in a study with no trials yet a second worker's copy is skipped
+        study.enqueue_trial(
+            params, user_attrs={"objective_version": OBJECTIVE_VERSION}, skip_if_exists=not study.trials
+        )
         log.info("queued to measure first (objective version %d): %s", OBJECTIVE_VERSION, params)
     return queue
 
@@ -360,16 +370,6 @@ def queue_first_trials(study: optuna.Study, baseline: dict[str, Any] | None) -> 
 def objective_version(trial: optuna.trial.FrozenTrial) -> int:
     """The objective version that measured a trial; trials from before the tag are version 1."""
     return int(trial.user_attrs.get("objective_version", 1))
-
-
-def remeasure_params(study: optuna.Study) -> dict[str, Any] | None:
-    """The settings to measure again by today's objective before anything else: those of the
-    best trial measured by an older one, while the study has no trial of today's objective
-    (complete, running or queued). None otherwise."""
-    if any(objective_version(t) == OBJECTIVE_VERSION for t in study.get_trials(deepcopy=False)):
-        return None
-    best = best_params(study)
-    return best["params"] or None
 
 
 def settle_dead_trials(study: optuna.Study, heartbeat_seconds: float, poll_seconds: float = 1.0) -> list[int]:

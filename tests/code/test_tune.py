@@ -213,3 +213,26 @@ def test_a_new_study_queues_params_yamls_configuration_once(tmp_path):
     )  # fmt: skip
     study.add_trial(pruned)
     assert best_params(study) == {"trials": 1, "best_value": None, "params": {}}
+
+
+def test_a_failed_measurement_or_a_study_with_only_pruned_trials_still_queues_the_first_trials(tmp_path):
+    from agerange.tune import OBJECTIVE_VERSION, best_params, queue_first_trials
+
+    dropout = {"dropout": optuna.distributions.FloatDistribution(0, 1)}
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    pruned = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params={"dropout": 0.2}, distributions=dropout,
+        intermediate_values={1: 0.5},
+    )  # fmt: skip
+    study.add_trial(pruned)  # an old study whose one finished trial was pruned: no best to measure again
+    assert queue_first_trials(study, {"dropout": 0.3}) == [{"dropout": 0.3}]
+    # the queued measurement fails (a crash, not a dead worker): it is queued again next time
+    trial = study.ask(dropout)
+    assert trial.params == {"dropout": 0.3} and trial.user_attrs["objective_version"] == OBJECTIVE_VERSION
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert queue_first_trials(study, {"dropout": 0.3}) == [{"dropout": 0.3}]
+    # a trial tagged by a newer objective than this code's is never read as today's best
+    newer = optuna.trial.create_trial(params={"dropout": 0.9}, distributions=dropout, value=0.99)
+    newer.set_user_attr("objective_version", OBJECTIVE_VERSION + 1)
+    study.add_trial(newer)
+    assert best_params(study)["params"] == {}

@@ -16,6 +16,10 @@ WEIGHTS = PROJECT_ROOT.parent / "shared" / "weights"
 pytestmark = pytest.mark.slow
 
 
+class Interrupted(Exception):
+    pass
+
+
 def _tiny_config(size: int, **changes) -> TrainConfig:
     """The settings of the small two-phase runs below (params.yaml's, made tiny), `changes` on top."""
     tiny = dict(
@@ -230,7 +234,8 @@ def test_the_validation_accuracy_reported_is_the_returned_models_even_when_fine_
     measured = (
         predict_probabilities(result.model, data["val"].chips, flip=False).argmax(1) == data["val"].groups
     ).mean()
-    assert result.val_accuracy == pytest.approx(measured, abs=1e-6)
+    one_image = 1 / len(data["val"].groups)  # measured on the cached (float16) features: a borderline face
+    assert result.val_accuracy == pytest.approx(measured, abs=one_image + 1e-6)
     phase_one_best = history.loc[history["phase"] == "head", "val_accuracy"].max()
     assert phase_one_best > result.val_accuracy  # the case where the best epoch misreports
     # with the weight soup, the soup's own measure is the returned model's
@@ -241,11 +246,37 @@ def test_the_validation_accuracy_reported_is_the_returned_models_even_when_fine_
     measured = (
         predict_probabilities(souped.model, data["val"].chips, flip=False).argmax(1) == data["val"].groups
     ).mean()
-    assert souped.val_accuracy == souped.soup["val_accuracy"] == pytest.approx(measured, abs=1e-6)
+    assert souped.val_accuracy == souped.soup["val_accuracy"] == pytest.approx(measured, abs=one_image + 1e-6)
 
 
-class Interrupted(Exception):
-    pass
+@pytest.mark.parametrize("soup", [False, True])
+def test_a_training_killed_after_its_last_fine_tuning_run_resumes_to_the_same_model(
+    mini_splits, tmp_path, monkeypatch, soup
+):
+    """Killed after the last run's checkpoint but before the soup or the final score: the restart
+    skips every phase, yet must still score the model (its trainer was never compiled in that
+    process) and return the run's own weights, not phase 1's."""
+    from agerange.training import phases, recipe
+
+    data, size = mini_splits
+    config = _tiny_config(size, head_epochs=1, finetune_epochs=1, weight_soup=soup)
+    splits = TrainData(data["train"], data["val"])
+    whole = train(config, splits, TrainOptions(tmp_path / "whole"))
+    step = (phases, "greedy_soup") if soup else (recipe, "validation_accuracy")
+    real = getattr(*step)
+
+    def killed(*args, **kwargs):
+        raise Interrupted
+
+    monkeypatch.setattr(*step, killed)
+    with pytest.raises(Interrupted):
+        train(config, splits, TrainOptions(tmp_path / "killed"))
+    monkeypatch.setattr(*step, real)
+    resumed = train(config, splits, TrainOptions(tmp_path / "killed"))
+    assert list(resumed.history["epoch"]) == list(whole.history["epoch"]) == [1, 2]
+    assert resumed.val_accuracy == whole.val_accuracy
+    weights = zip(resumed.model.get_weights(), whole.model.get_weights(), strict=True)
+    assert all(np.array_equal(a, b) for a, b in weights)
 
 
 def test_an_interrupted_training_resumes_where_it_stopped_and_never_redoes_a_finished_run(

@@ -88,6 +88,14 @@ def compile_for(trainer, learning_rate: float, jit: bool, age_loss_weight: float
     )
 
 
+def compiled_to_evaluate(trainer, config: TrainConfig, jit: bool):
+    """The trainer, compiled if it is not: a training resumed after the phase that compiled it
+    (its checkpoints say the phase ended) must still be evaluated (the soup, the final score)."""
+    if not trainer.compiled:
+        compile_for(trainer, config.finetune_learning_rate, jit, config.age_loss_weight)
+    return trainer
+
+
 def epoch_callback(phase: str, offset: int, planned: int, records: list, probe, hook, label: str):
     """A Keras callback: records each epoch, predicts the probe set, calls the tracking hook and
     logs one line saying whose epoch it is (`label`, phase) and how long the phase may still take."""
@@ -195,8 +203,12 @@ def fine_tune(model, feed: Feed, config: TrainConfig, options, records: list) ->
     epochs, phase_one = 0, max((row["epoch"] for row in records), default=0)  # phase 1's last epoch
     for run in range(config.finetune_runs):
         finished = checkpoint_dir / f"phase2_{run}_history.json"
+        # without the soup the one run's own weights are the model (with it, the soup's snapshots)
+        run_weights = checkpoint_dir / f"phase2_{run}_done.weights.h5"
         if finished.is_file():  # resume: this fine-tuning run ended before the interruption
             records[:] = json.loads(finished.read_text())
+            if not config.weight_soup:
+                model.load_weights(run_weights)
             continue
         # A run's epochs are numbered after phase 1's last and the planned epochs of the runs
         # before it, not after the records so far: an interruption loses the record of the epoch
@@ -219,10 +231,14 @@ def fine_tune(model, feed: Feed, config: TrainConfig, options, records: list) ->
             feed.trainer, run_data, feed.val_data, config.finetune_epochs, config.patience,
             checkpoint_dir / f"phase2_{run}", callbacks,
         )  # fmt: skip
+        if not config.weight_soup:  # the weights before the marker: a kill between them reruns the run
+            with atomic_path(run_weights) as path:
+                model.save_weights(path)
         with atomic_path(finished) as path:
             path.write_text(json.dumps(records))
     if not config.weight_soup:
         return epochs, None
-    soup = greedy_soup(feed.trainer, load_snapshots(checkpoint_dir / "soup"), feed.val_data)
+    trainer = compiled_to_evaluate(feed.trainer, config, options.jit)
+    soup = greedy_soup(trainer, load_snapshots(checkpoint_dir / "soup"), feed.val_data)
     log.info("weight soup of epochs %s: validation accuracy %.4f", soup["epochs"], soup["val_accuracy"])
     return epochs, soup

@@ -17,7 +17,13 @@ from agerange.training.data import TrainData, training_targets
 from agerange.training.device import resolve_augment
 from agerange.training.feature_cache import FeatureCache, Recut
 from agerange.training.feeds import cached_feed, full_network_feed, pooled_head_feed
-from agerange.training.phases import EpochHook, fine_tune, train_from_scratch, train_head
+from agerange.training.phases import (
+    EpochHook,
+    compiled_to_evaluate,
+    fine_tune,
+    train_from_scratch,
+    train_head,
+)
 from agerange.training.soup import validation_accuracy
 
 log = logging.getLogger(__name__)
@@ -110,7 +116,7 @@ def train(config: TrainConfig, data: TrainData, options: TrainOptions) -> TrainR
     if get_backbone(config.backbone).weights_file is None:  # nothing pretrained: one phase
         feed = full_network_feed(model, config, data, targets, recut=None)
         epochs = train_from_scratch(feed, config, options, records)
-        accuracy = validation_accuracy(feed.trainer, feed.val_data)
+        accuracy = validation_accuracy(compiled_to_evaluate(feed.trainer, config, options.jit), feed.val_data)
         return _result(model, records, None, started, epochs * len(data.train.groups), accuracy)
 
     boundary = _freeze_boundary(model, config, options)
@@ -129,9 +135,14 @@ def train(config: TrainConfig, data: TrainData, options: TrainOptions) -> TrainR
         more, soup = fine_tune(model, feed, config, options, records)
         epochs += more
         last_feed = feed
-    if not options.keep_checkpoints:  # finished: nothing left to resume
+    if soup:
+        accuracy = soup["val_accuracy"]
+    else:
+        accuracy = validation_accuracy(
+            compiled_to_evaluate(last_feed.trainer, config, options.jit), last_feed.val_data
+        )
+    if not options.keep_checkpoints:  # finished and scored: nothing left to resume
         shutil.rmtree(options.checkpoint_dir, ignore_errors=True)
-    accuracy = soup["val_accuracy"] if soup else validation_accuracy(last_feed.trainer, last_feed.val_data)
     return _result(model, records, boundary, started, epochs * len(data.train.groups), accuracy, soup)
 
 

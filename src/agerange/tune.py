@@ -319,8 +319,8 @@ def best_params(study: optuna.Study) -> dict[str, Any]:
     again first).
     """
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    versions = {objective_version(t) for t in complete if objective_version(t) <= OBJECTIVE_VERSION}
-    candidates = [t for t in complete if versions and objective_version(t) == max(versions)]
+    newest = max((v for v in map(objective_version, complete) if v <= OBJECTIVE_VERSION), default=None)
+    candidates = [t for t in complete if objective_version(t) == newest]
     finished = finished_trials(study)
     if not candidates:
         return {"trials": finished, "best_value": None, "params": {}}
@@ -344,8 +344,10 @@ def queue_first_trials(study: optuna.Study, baseline: dict[str, Any] | None) -> 
     Called when a sweep starts. Workers that start at the same moment may each queue them
     (a trial or two spent twice, no wrong result); one started later sees them queued.
     """
-    measured = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    states = (*measured, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    states = (
+        optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING,
+    )  # fmt: skip
     todays = [
         t
         for t in study.get_trials(deepcopy=False, states=states)
@@ -353,7 +355,7 @@ def queue_first_trials(study: optuna.Study, baseline: dict[str, Any] | None) -> 
     ]
     if todays:
         return []
-    old_best = best_params(study)["params"] if study.get_trials(deepcopy=False, states=measured) else {}
+    old_best = best_params(study)["params"]
     queue = [params for params in (old_best, baseline) if params]
     if len(queue) == 2 and queue[0] == queue[1]:
         queue = queue[:1]

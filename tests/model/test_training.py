@@ -262,7 +262,7 @@ def test_a_training_killed_after_its_last_fine_tuning_run_resumes_to_the_same_mo
     config = _tiny_config(size, head_epochs=1, finetune_epochs=1, weight_soup=soup)
     splits = TrainData(data["train"], data["val"])
     whole = train(config, splits, TrainOptions(tmp_path / "whole"))
-    step = (phases, "greedy_soup") if soup else (recipe, "validation_accuracy")
+    step = (phases, "greedy_soup") if soup else (recipe, "validation_score")
     real = getattr(*step)
 
     def killed(*args, **kwargs):

@@ -19,7 +19,7 @@ from agerange.labels import AGE_BINS, BINS_TO_GROUPS
 from agerange.metrics import exact_accuracy
 from agerange.model import unfreeze
 from agerange.training.feeds import Feed
-from agerange.training.soup import greedy_soup, load_snapshots, snapshot_callback
+from agerange.training.soup import greedy_soup, load_snapshots, snapshot_callback, validation_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,11 @@ def compiled_to_evaluate(trainer, config: TrainConfig, jit: bool):
     if not trainer.compiled:
         compile_for(trainer, config.finetune_learning_rate, jit, config.age_loss_weight)
     return trainer
+
+
+def validation_score(feed: Feed, config: TrainConfig, jit: bool) -> float:
+    """Validation accuracy of the weights the feed's trainer holds now (`compiled_to_evaluate`)."""
+    return validation_accuracy(compiled_to_evaluate(feed.trainer, config, jit), feed.val_data)
 
 
 def epoch_callback(phase: str, offset: int, planned: int, records: list, probe, hook, label: str):

@@ -19,12 +19,11 @@ from agerange.training.feature_cache import FeatureCache, Recut
 from agerange.training.feeds import cached_feed, full_network_feed, pooled_head_feed
 from agerange.training.phases import (
     EpochHook,
-    compiled_to_evaluate,
     fine_tune,
     train_from_scratch,
     train_head,
+    validation_score,
 )
-from agerange.training.soup import validation_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ def train(config: TrainConfig, data: TrainData, options: TrainOptions) -> TrainR
     if get_backbone(config.backbone).weights_file is None:  # nothing pretrained: one phase
         feed = full_network_feed(model, config, data, targets, recut=None)
         epochs = train_from_scratch(feed, config, options, records)
-        accuracy = validation_accuracy(compiled_to_evaluate(feed.trainer, config, options.jit), feed.val_data)
+        accuracy = validation_score(feed, config, options.jit)
         return _result(model, records, None, started, epochs * len(data.train.groups), accuracy)
 
     boundary = _freeze_boundary(model, config, options)
@@ -135,12 +134,7 @@ def train(config: TrainConfig, data: TrainData, options: TrainOptions) -> TrainR
         more, soup = fine_tune(model, feed, config, options, records)
         epochs += more
         last_feed = feed
-    if soup:
-        accuracy = soup["val_accuracy"]
-    else:
-        accuracy = validation_accuracy(
-            compiled_to_evaluate(last_feed.trainer, config, options.jit), last_feed.val_data
-        )
+    accuracy = soup["val_accuracy"] if soup else validation_score(last_feed, config, options.jit)
     if not options.keep_checkpoints:  # finished and scored: nothing left to resume
         shutil.rmtree(options.checkpoint_dir, ignore_errors=True)
     return _result(model, records, boundary, started, epochs * len(data.train.groups), accuracy, soup)

@@ -43,6 +43,7 @@ FEATURES = [
     "face_count",
     "face_box_fraction",
     "detector_score",
+    "eye_spacing",  # lower as heads turn away from the camera (faces.Face.eye_spacing)
 ]
 PREDICTION = "predicted_group"
 EMBEDDING = "penultimate"
@@ -61,11 +62,14 @@ def describe_photo(predictor, image, name: str) -> tuple[dict[str, Any], np.ndar
         largest = result.faces[0]  # faces come largest first
         row["face_box_fraction"] = (largest.box[2] - largest.box[0]) / image.width
         row["detector_score"] = largest.detector_score
+        row["eye_spacing"] = largest.eye_spacing
         row[PREDICTION] = largest.age_group
         row["expected_age"] = largest.expected_age
         row["age_range"] = largest.age_range  # None unless the predictor answers in ranges
         return row, embeddings[0]
-    row.update(face_box_fraction=0.0, detector_score=0.0, expected_age=np.nan, age_range=None)
+    row.update(
+        face_box_fraction=0.0, detector_score=0.0, eye_spacing=0.0, expected_age=np.nan, age_range=None
+    )
     row[PREDICTION] = "no face"
     return row, None
 

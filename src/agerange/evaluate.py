@@ -122,10 +122,11 @@ def accuracy_by(table: pd.DataFrame, predicted: np.ndarray, column: str) -> pd.D
 
 # Image conditions measured by ingest on every chip (ingest.image_quality): blur is the variance of
 # the Laplacian (low = blurry), brightness, contrast and saturation are 0-1 means. The face
-# detector measures three more (`detector_conditions`): the face box's side as a share of the
-# chip's, the head's roll (the eye line's angle from level, in degrees) and the detector's score.
+# detector measures four more (`detector_conditions`): the face box's side as a share of the
+# chip's, the head's roll (the eye line's angle from level, in degrees), the detector's score and
+# the eye spacing (`faces.Face.eye_spacing`: about 0.42 facing the camera, lower as the head turns).
 IMAGE_CONDITIONS = ("blur", "brightness", "contrast", "saturation")
-DETECTOR_CONDITIONS = ("face_size", "head_roll", "detector_score")
+DETECTOR_CONDITIONS = ("face_size", "head_roll", "detector_score", "eye_spacing")
 CONDITIONS = IMAGE_CONDITIONS + DETECTOR_CONDITIONS
 # Faces the detector is this unsure of are still measured: predict would skip some of them, and
 # where accuracy stands on such faces is part of what the slices show.
@@ -134,19 +135,19 @@ NO_FACE = "no face found"
 
 
 def detector_conditions(chips: Iterable[Image.Image], detector) -> pd.DataFrame:
-    """face_size, head_roll and detector_score of the largest face in each chip, as predict's
-    detector (`faces.FaceDetector`) finds it; a chip without a face gets NaN face_size and
-    head_roll and a detector_score of 0."""
+    """face_size, head_roll, detector_score and eye_spacing of the largest face in each chip, as
+    predict's detector (`faces.FaceDetector`) finds it; a chip without a face gets NaN face_size,
+    head_roll and eye_spacing and a detector_score of 0."""
     rows = []
     for chip in chips:
         faces = detector.find_faces(chip)
         if not faces:
-            rows.append((np.nan, np.nan, 0.0))
+            rows.append((np.nan, np.nan, 0.0, np.nan))
             continue
         face = max(faces, key=lambda found: found.width)
         (left_x, left_y), (right_x, right_y) = face.eyes
         roll = abs(math.degrees(math.atan2(right_y - left_y, right_x - left_x)))
-        rows.append((face.size / chip.width, roll, face.score))
+        rows.append((face.size / chip.width, roll, face.score, face.eye_spacing))
     return pd.DataFrame(rows, columns=list(DETECTOR_CONDITIONS), dtype=np.float64)
 
 

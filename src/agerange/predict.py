@@ -60,6 +60,7 @@ class FacePrediction:
     face: int
     box: list[float]  # x0, y0, x1, y1 in pixels of the (EXIF-oriented) photo
     detector_score: float
+    eye_spacing: float  # eye distance / face box side: about 0.42 facing the camera, less as the head turns
     age_group: str
     group_index: int
     probability: float
@@ -355,6 +356,7 @@ class AgePredictor:
                     face=index,
                     box=[round(v, 1) for v in face.box],
                     detector_score=round(face.score, 3),
+                    eye_spacing=round(face.eye_spacing, 3),
                     age_group=group_name(int(group)),
                     group_index=int(group),
                     probability=round(float(probs[group]), 4),

@@ -10,10 +10,13 @@ from PIL import Image
 from agerange.config import PackageConfig
 from agerange.faces import (
     CHIP_FACE,
+    PROFILE_EYE_SPACING,
     DetectorError,
+    Face,
     FaceDetector,
     align_face,
     chip_frame,
+    face_anchor,
     realign_chips,
     select_faces,
 )
@@ -124,16 +127,68 @@ def test_alignment_levels_the_eyes_of_a_tilted_face(detector):
     assert abs(left_y - right_y) < 0.1 * (right_x - left_x)
 
 
+def test_the_anchor_slides_from_the_eye_centre_to_the_box_centre_as_the_head_turns():
+    """A face whose eyes sit 0.42 of its box apart is anchored on its eye centre; at 0.30 or less
+    (a head in profile: both eyes on one side of the box) on its box centre; in between, between."""
+
+    def face(spacing: float) -> Face:  # a 100-pixel box centred at (150, 150), eyes left of centre
+        eyes = ((110.0, 130.0), (110.0 + 100 * spacing, 130.0))
+        return Face((100.0, 100.0, 200.0, 200.0), 0.9, eyes, 100.0, (150.0, 150.0))
+
+    eyes_anchor = (CHIP_FACE["center_x"], CHIP_FACE["center_y"])
+    box_anchor = (CHIP_FACE["box_x"], CHIP_FACE["box_y"])
+    assert face(0.42).eye_spacing == pytest.approx(0.42)
+    assert face_anchor(face(0.42)) == ((110.0 + 21.0, 130.0), eyes_anchor)
+    assert face_anchor(face(0.40)) == ((110.0 + 20.0, 130.0), eyes_anchor)
+    for spacing in (0.30, 0.2, 0.0):
+        assert face_anchor(face(spacing)) == ((150.0, 150.0), box_anchor)
+    (x, y), (u, v) = face_anchor(face(0.35))  # halfway: the eye centre is at x = 127.5
+    assert (x, y) == (pytest.approx((127.5 + 150) / 2), pytest.approx(140.0))
+    assert (u, v) == (
+        pytest.approx(sum(p[0] for p in (eyes_anchor, box_anchor)) / 2),
+        pytest.approx(sum(p[1] for p in (eyes_anchor, box_anchor)) / 2),
+    )
+
+
+def test_a_turned_head_is_cut_with_its_face_where_the_training_chips_have_theirs(detector, monkeypatch):
+    """On FairFace photos of heads turned towards a profile, the chip puts the face's box where
+    training chips have it (the detector, run again on the chip, agrees), where the eye-centred
+    cut it replaces put the face off to one side."""
+    import agerange.faces
+
+    turned = []
+    for path in sorted(FAIRFACE.glob("*.jpg")):
+        faces = detector.find_faces(read_image(path))
+        if faces and faces[0].eye_spacing < PROFILE_EYE_SPACING:
+            turned.append((read_image(path), faces[0]))
+    assert len(turned) >= 10
+    target = np.array([CHIP_FACE["box_x"], CHIP_FACE["box_y"]]) * 200
+
+    def box_offsets() -> list[float]:
+        offsets = []
+        for image, face in turned:
+            if found := detector.find_faces(align_face(image, face)):
+                offsets.append(float(np.hypot(*(np.array(found[0].centre) - target))))
+        assert len(offsets) >= 0.8 * len(turned)
+        return offsets
+
+    now = box_offsets()
+    monkeypatch.setattr(agerange.faces, "FRONTAL_EYE_SPACING", 0.0)  # every face anchored on its eyes
+    monkeypatch.setattr(agerange.faces, "PROFILE_EYE_SPACING", -1.0)
+    before = box_offsets()
+    assert np.median(now) < 0.05 * 200 < np.median(before)
+
+
 def _aligned_from_the_whole_photo(image: Image.Image, face, size: int = 200) -> np.ndarray:
     """align_face's chip computed the plain way: the whole photo reduced, then turned and cut."""
     import math
 
-    from agerange.faces import CHIP_FACE
+    from agerange.faces import CHIP_FACE, face_anchor
 
     (left_x, left_y), (right_x, right_y) = face.eyes
     angle = math.atan2(right_y - left_y, right_x - left_x) - math.radians(CHIP_FACE["angle"])
     step = max(face.size, 1.0) / (CHIP_FACE["size"] * size)
-    centre_x, centre_y = (left_x + right_x) / 2, (left_y + right_y) / 2
+    (centre_x, centre_y), (anchor_u, anchor_v) = face_anchor(face)
     factor = max(1, int(step))
     image, step, centre_x, centre_y = (
         image.reduce(factor),
@@ -142,7 +197,7 @@ def _aligned_from_the_whole_photo(image: Image.Image, face, size: int = 200) -> 
         centre_y / factor,
     )
     cos, sin = math.cos(angle) * step, math.sin(angle) * step
-    u0, v0 = CHIP_FACE["center_x"] * size, CHIP_FACE["center_y"] * size
+    u0, v0 = anchor_u * size, anchor_v * size
     coefficients = (cos, -sin, centre_x - cos * u0 + sin * v0, sin, cos, centre_y - sin * u0 - cos * v0)
     return np.asarray(
         image.transform((size, size), Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR)
@@ -182,7 +237,7 @@ def test_unknown_detector_and_wrong_model_file_are_one_line_errors(tmp_path: Pat
         FaceDetector("blazeface_short", 0.6, model_path=damaged)
 
 
-def test_detector_conditions_measure_face_size_head_roll_and_score_and_slice_every_chip(mini_chips):
+def test_detector_conditions_measure_size_roll_score_and_eye_spacing_and_slice_every_chip(mini_chips):
     import pandas as pd
 
     from agerange.evaluate import LOWEST_DETECTOR_SCORE, NO_FACE, accuracy_by_condition, detector_conditions
@@ -204,12 +259,15 @@ def test_detector_conditions_measure_face_size_head_roll_and_score_and_slice_eve
     assert smaller["face_size"].median() == pytest.approx(plain["face_size"].median() / 2, rel=0.15)
     assert (plain["detector_score"] > 0.6).mean() > 0.8
     assert nothing["detector_score"].tolist() == [0.0] and nothing["face_size"].isna().all()
+    # the eye spacing of faces looking at the camera, the same when the head only rolls
+    assert plain["eye_spacing"].median() == pytest.approx(0.42, abs=0.03)
+    assert turned["eye_spacing"].median() == pytest.approx(plain["eye_spacing"].median(), abs=0.03)
 
     # the slices hold every chip once per condition; the chip without a face is a bin of its own
     table = pd.concat([pd.DataFrame({"age_group": np.arange(len(measured)) % 10}), measured], axis=1)
     by_condition = accuracy_by_condition(table, table["age_group"].to_numpy())
-    for condition in ("face_size", "head_roll", "detector_score"):
+    for condition in ("face_size", "head_roll", "detector_score", "eye_spacing"):
         rows = by_condition[by_condition["condition"] == condition]
         assert rows["images"].sum() == len(measured)
     no_face = by_condition.loc[by_condition["bin"] == NO_FACE, "condition"]
-    assert no_face.tolist() == ["face_size", "head_roll"]
+    assert no_face.tolist() == ["face_size", "head_roll", "eye_spacing"]

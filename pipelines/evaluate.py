@@ -19,12 +19,12 @@ from agerange.evaluate import (
     evaluate,
     plot_report,
     summary_line,
-    weakest_conditions,
     worst_mistakes,
 )
 from agerange.faces import FaceDetector
 from agerange.files import write_csv, write_json
 from agerange.inference import predict_probabilities
+from agerange.metrics import weakest_conditions
 from agerange.training.data import load_split
 
 

@@ -11,7 +11,14 @@ from PIL import Image
 from agerange.files import write_png
 from agerange.inference import age_in_group, decode_probabilities, group_probabilities
 from agerange.labels import ETHNICITIES, GENDERS, GROUP_NAMES
-from agerange.metrics import exact_accuracy, group_distance, mae_years, within_one
+from agerange.metrics import (
+    accuracy_by_condition,
+    bin_span,
+    exact_accuracy,
+    group_distance,
+    mae_years,
+    within_one,
+)
 
 
 def classification_metrics(
@@ -131,7 +138,6 @@ CONDITIONS = IMAGE_CONDITIONS + DETECTOR_CONDITIONS
 # Faces the detector is this unsure of are still measured: predict would skip some of them, and
 # where accuracy stands on such faces is part of what the slices show.
 LOWEST_DETECTOR_SCORE = 0.1
-NO_FACE = "no face found"
 
 
 def detector_conditions(chips: Iterable[Image.Image], detector) -> pd.DataFrame:
@@ -149,37 +155,6 @@ def detector_conditions(chips: Iterable[Image.Image], detector) -> pd.DataFrame:
         roll = abs(math.degrees(math.atan2(right_y - left_y, right_x - left_x)))
         rows.append((face.size / chip.width, roll, face.score, face.eye_spacing))
     return pd.DataFrame(rows, columns=list(DETECTOR_CONDITIONS), dtype=np.float64)
-
-
-def accuracy_by_condition(
-    table: pd.DataFrame, predicted: np.ndarray, conditions: tuple[str, ...] = CONDITIONS, bins: int = 4
-) -> pd.DataFrame:
-    """Exact and within-one accuracy per quantile bin of each image condition, with the drop from
-    the split's accuracy: which conditions the model fails in. Every row is in one bin of each:
-    rows where a condition could not be measured (no face found) form a bin of their own."""
-    truth, overall = table["age_group"].to_numpy(), exact_accuracy(predicted, table["age_group"].to_numpy())
-    rows = []
-    for condition in (c for c in conditions if c in table):
-        values = table[condition].to_numpy(np.float64)
-        measured = ~np.isnan(values)
-        binned = np.full(len(values), -1)
-        count = min(bins, int(measured.sum()))  # fewer measured images than bins: one bin each
-        if count:
-            ranks = pd.Series(values[measured]).rank(method="first")
-            binned[measured] = pd.qcut(ranks, count, labels=False).to_numpy()
-        parts = [(f"{index + 1} of {count}", binned == index) for index in range(count)]
-        for name, part in [*parts, (NO_FACE, binned == -1)]:
-            if not part.any():
-                continue
-            accuracy = exact_accuracy(predicted[part], truth[part])
-            known = values[part][~np.isnan(values[part])]
-            rows.append({
-                "condition": condition, "bin": name, "low": float(known.min()) if len(known) else np.nan,
-                "high": float(known.max()) if len(known) else np.nan, "images": int(part.sum()),
-                "accuracy": accuracy, "within_one": within_one(predicted[part], truth[part]),
-                "drop": overall - accuracy,
-            })  # fmt: skip
-    return pd.DataFrame(rows)
 
 
 def accuracy_by_group_and_ethnicity(table: pd.DataFrame, predicted: np.ndarray) -> pd.DataFrame:
@@ -220,7 +195,7 @@ def evaluate(
         "off_by_n": off_by_n(groups, predicted),
         "calibration": calibration_table(groups, group_probabilities(probabilities)),
     }
-    tables["accuracy_by_condition"] = accuracy_by_condition(table, predicted)
+    tables["accuracy_by_condition"] = accuracy_by_condition(table, predicted, groups, CONDITIONS)
     tables["accuracy_by_group_and_ethnicity"] = accuracy_by_group_and_ethnicity(table, predicted)
     for column in ("ethnicity", "gender"):
         per = accuracy_by(table, predicted, column)
@@ -324,20 +299,6 @@ def plot_report(
     ]
 
 
-def weakest_conditions(by_condition: pd.DataFrame, count: int = 3) -> list[str]:
-    """The condition bins where accuracy falls most below the split's, as short phrases."""
-    worst = by_condition.sort_values("drop", ascending=False).head(count)
-    return [
-        f"{row.condition} {_bin_span(row.low, row.high)}: {row.accuracy:.1%} exact ({row.drop:.1%} below, "
-        f"{row.images} images)"
-        for row in worst.itertuples()
-    ]
-
-
-def _bin_span(low: float, high: float) -> str:
-    return NO_FACE if np.isnan(low) else f"{low:.3g}-{high:.3g}"
-
-
 def _conditions_figure(plt, by_condition: pd.DataFrame):
     conditions = list(dict.fromkeys(by_condition["condition"]))
     figure, axes = plt.subplots(1, max(len(conditions), 1), figsize=(3.2 * max(len(conditions), 1), 3.2))
@@ -346,7 +307,7 @@ def _conditions_figure(plt, by_condition: pd.DataFrame):
         axis.bar(range(len(rows)), rows["accuracy"], color="tab:blue")
         axis.set_xticks(
             range(len(rows)),
-            [_bin_span(low, high) for low, high in zip(rows["low"], rows["high"], strict=True)],
+            [bin_span(low, high) for low, high in zip(rows["low"], rows["high"], strict=True)],
             rotation=45,
             ha="right",
             fontsize=7,

@@ -60,7 +60,7 @@ CHIP_FACE = {
 # than 0.3% of them), the anchor slides from the eye centre to the box centre (box_x, box_y).
 # A quarter of the shared FairFace photos are turned below 0.364 (2% of the training chips) and
 # were answered within one range for 64% of them against 90% for the others; with the sliding
-# anchor 71%, the frontal faces unchanged (README: Faces that turn away).
+# anchor 70%, the others within one photo of before (README: Faces that turn away).
 FRONTAL_EYE_SPACING = 0.40
 PROFILE_EYE_SPACING = 0.30
 # BlazeFace wants context around a face: on a tight crop (a UTKFace chip) it misses about 4% of

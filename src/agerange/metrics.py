@@ -2,17 +2,21 @@
 
 The one place these are computed: training (probe and ensemble validation accuracy), the
 evaluation report, the predict-path report and the drift stage's FairFace check all call them,
-so the figures they print mean the same thing. Pure numpy, no model.
+so the figures they print mean the same thing; the evaluation's and the new photos' accuracy
+by image condition too (`accuracy_by_condition`). Arrays and tables, no model.
 
 A missing answer (a photo where no face was found) is given as `NO_ANSWER`: it is neither
 right nor within one of anything, as it would be for a user.
 """
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 NO_ANSWER = -100  # any index this far from every group never counts as right or within one
+NO_FACE = "no face found"  # the condition bin of images where the condition could not be measured
 
 # FairFace labels are annotators' age ranges; the last one is open-ended
 FAIRFACE_RANGES = [(0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, None)]
@@ -87,3 +91,50 @@ def _true_ranges(true_ages: np.ndarray) -> np.ndarray:
     if np.isnan(np.asarray(true_ages, dtype=np.float64)).any():
         raise ValueError("true ages must all be known (a label has no age)")
     return fairface_ranges(true_ages)
+
+
+def accuracy_by_condition(
+    table: pd.DataFrame, predicted: np.ndarray, truth: np.ndarray, conditions: Sequence[str], bins: int = 4
+) -> pd.DataFrame:
+    """Exact and within-one accuracy per quantile bin of each condition (a column of `table`,
+    one row per image), with the drop from the accuracy over all rows: which conditions the model
+    fails in. Every row is in one bin of each: rows where a condition could not be measured (NaN:
+    no face found) form a bin of their own. Groups or ranges: any indices `exact_accuracy` takes."""
+    overall = exact_accuracy(predicted, truth)
+    rows = []
+    for condition in (c for c in conditions if c in table):
+        values = table[condition].to_numpy(np.float64)
+        measured = ~np.isnan(values)
+        binned = np.full(len(values), -1)
+        count = min(bins, int(measured.sum()))  # fewer measured images than bins: one bin each
+        if count:
+            ranks = pd.Series(values[measured]).rank(method="first")
+            binned[measured] = pd.qcut(ranks, count, labels=False).to_numpy()
+        parts = [(f"{index + 1} of {count}", binned == index) for index in range(count)]
+        for name, part in [*parts, (NO_FACE, binned == -1)]:
+            if not part.any():
+                continue
+            accuracy = exact_accuracy(predicted[part], truth[part])
+            known = values[part][~np.isnan(values[part])]
+            rows.append({
+                "condition": condition, "bin": name, "low": float(known.min()) if len(known) else np.nan,
+                "high": float(known.max()) if len(known) else np.nan, "images": int(part.sum()),
+                "accuracy": accuracy, "within_one": within_one(predicted[part], truth[part]),
+                "drop": overall - accuracy,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def weakest_conditions(by_condition: pd.DataFrame, count: int = 3) -> list[str]:
+    """The condition bins where accuracy falls most below the overall figure, as short phrases."""
+    worst = by_condition.sort_values("drop", ascending=False).head(count)
+    return [
+        f"{row.condition} {bin_span(row.low, row.high)}: {row.accuracy:.1%} exact ({row.drop:.1%} below, "
+        f"{row.images} images)"
+        for row in worst.itertuples()
+    ]
+
+
+def bin_span(low: float, high: float) -> str:
+    """A condition bin's span for labels, e.g. "0.12-0.35", or NO_FACE."""
+    return NO_FACE if np.isnan(low) else f"{low:.3g}-{high:.3g}"

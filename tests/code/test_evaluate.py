@@ -166,13 +166,8 @@ def test_the_mirror_is_averaged_in_only_where_the_answer_is_less_sure_than_the_m
 
 
 def test_condition_slices_cover_every_image_and_find_where_accuracy_falls():
-    from agerange.evaluate import (
-        IMAGE_CONDITIONS,
-        NO_FACE,
-        accuracy_by_condition,
-        accuracy_by_group_and_ethnicity,
-        weakest_conditions,
-    )
+    from agerange.evaluate import IMAGE_CONDITIONS, accuracy_by_group_and_ethnicity
+    from agerange.metrics import NO_FACE, accuracy_by_condition, weakest_conditions
 
     rng = np.random.default_rng(0)
     count = 400
@@ -184,7 +179,7 @@ def test_condition_slices_cover_every_image_and_find_where_accuracy_falls():
     # right everywhere except on the blurriest quarter, where it is always wrong
     blurry = table["blur"] < table["blur"].quantile(0.25)
     predicted = np.where(blurry, (table["age_group"] + 3) % 10, table["age_group"])
-    by_condition = accuracy_by_condition(table, predicted)
+    by_condition = accuracy_by_condition(table, predicted, table["age_group"].to_numpy(), IMAGE_CONDITIONS)
     for condition in IMAGE_CONDITIONS:  # each condition's bins hold every image exactly once (ties too)
         assert by_condition.loc[by_condition["condition"] == condition, "images"].sum() == count
     worst = by_condition.sort_values("drop", ascending=False).iloc[0]
@@ -193,7 +188,7 @@ def test_condition_slices_cover_every_image_and_find_where_accuracy_falls():
     # a slice with fewer measured images than bins: each measured one is a bin of its own, and
     # only the unmeasured ones are filed as "no face found"
     few = pd.DataFrame({"age_group": np.zeros(12, int), "face_size": [0.5, 0.6] + [np.nan] * 10})
-    few_slices = accuracy_by_condition(few, np.zeros(12, int), conditions=("face_size",))
+    few_slices = accuracy_by_condition(few, np.zeros(12, int), np.zeros(12, int), conditions=("face_size",))
     assert few_slices["bin"].tolist() == ["1 of 2", "2 of 2", NO_FACE]
     assert few_slices["images"].tolist() == [1, 1, 10]
     cells = accuracy_by_group_and_ethnicity(table, predicted)

@@ -148,3 +148,44 @@ def test_the_embedding_threshold_holds_the_stated_false_alarm_rate_for_small_fol
     reference_set, small = _described(300, seed=0, faces=300), _described(30, seed=4, faces=30)
     verdict = drift_report(reference_set, small)["embedding"]
     assert verdict["threshold"] == chance_auc(15, 150, 0.05 / columns) > 0.6
+
+
+def test_new_photo_accuracy_by_condition_covers_every_photo_and_finds_the_failing_condition():
+    """Labelled new photos sliced by each drift feature: every photo in one bin of each, photos
+    with no face in a bin of their own for the face conditions, and a model that fails on turned
+    heads (low eye spacing) has that bin named first."""
+    import numpy as np
+
+    from agerange.drift import range_accuracy_by_condition, summary_line
+    from agerange.metrics import NO_FACE, weakest_conditions
+
+    table = _described(80, seed=5, faces=0)
+    rng = np.random.default_rng(5)
+    table["eye_spacing"] = rng.uniform(0.05, 0.45, 80)
+    truth_ages = rng.choice([5, 15, 25, 35, 45, 55, 65, 75], 80)
+    turned = table["eye_spacing"] < table["eye_spacing"].quantile(0.25)
+    answered = np.where(turned, 25, truth_ages)  # every turned head answered 20-29
+    table["expected_age"] = answered.astype(float)
+    table["age_range"] = [None] * 80
+    no_face = np.arange(80) >= 76  # the last four photos: no face found, no answer
+    table.loc[no_face, "expected_age"] = np.nan
+    table.loc[no_face, ["face_box_fraction", "detector_score", "eye_spacing"]] = 0.0
+    labels = pd.DataFrame({"filename": table["photo"], "age_min": truth_ages})
+
+    by_condition = range_accuracy_by_condition(table, labels)
+    for condition, rows in by_condition.groupby("condition"):
+        assert rows["images"].sum() == 80, condition
+        if condition in ("face_box_fraction", "detector_score", "eye_spacing"):
+            assert rows.loc[rows["bin"] == NO_FACE, "images"].tolist() == [4]
+    # photos with no face are always wrong (no answer); among the measured bins, turned heads fail most
+    worst = weakest_conditions(by_condition[by_condition["bin"] != NO_FACE])
+    assert worst[0].startswith("eye_spacing ")
+    first = by_condition[(by_condition["condition"] == "eye_spacing") & (by_condition["bin"] == "1 of 4")]
+    assert first["accuracy"].item() < 0.3
+    summary = {
+        "new_photos": {"drifted": ["eye_spacing"]},
+        "control": {"drifted": []},
+        "accuracy": {"range_accuracy": 0.5, "range_within_one": 0.8},
+        "weakest_conditions": worst,
+    }
+    assert summary_line(summary).endswith("; it falls most for " + "; ".join(worst))

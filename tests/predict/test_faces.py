@@ -240,7 +240,8 @@ def test_unknown_detector_and_wrong_model_file_are_one_line_errors(tmp_path: Pat
 def test_detector_conditions_measure_size_roll_score_and_eye_spacing_and_slice_every_chip(mini_chips):
     import pandas as pd
 
-    from agerange.evaluate import LOWEST_DETECTOR_SCORE, NO_FACE, accuracy_by_condition, detector_conditions
+    from agerange.evaluate import DETECTOR_CONDITIONS, LOWEST_DETECTOR_SCORE, detector_conditions
+    from agerange.metrics import NO_FACE, accuracy_by_condition
 
     detector = FaceDetector(PackageConfig().detector, LOWEST_DETECTOR_SCORE)
     chips = mini_chips[:12]
@@ -265,7 +266,9 @@ def test_detector_conditions_measure_size_roll_score_and_eye_spacing_and_slice_e
 
     # the slices hold every chip once per condition; the chip without a face is a bin of its own
     table = pd.concat([pd.DataFrame({"age_group": np.arange(len(measured)) % 10}), measured], axis=1)
-    by_condition = accuracy_by_condition(table, table["age_group"].to_numpy())
+    by_condition = accuracy_by_condition(
+        table, table["age_group"].to_numpy(), table["age_group"].to_numpy(), DETECTOR_CONDITIONS
+    )
     for condition in ("face_size", "head_roll", "detector_score", "eye_spacing"):
         rows = by_condition[by_condition["condition"] == condition]
         assert rows["images"].sum() == len(measured)

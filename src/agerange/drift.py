@@ -3,7 +3,8 @@
 Every photo, training chip or new photo alike, goes through the same predict path
 (`AgePredictor`: detect, align, classify) and is described by one row: image statistics
 (brightness, contrast, blur, colour, size, aspect), what the detector saw (face count, size of
-the largest face relative to the photo, its confidence), the predicted age group and the
+the largest face relative to the photo, its confidence, its eye spacing: how far the head is
+turned), the predicted age group and the
 penultimate-layer embedding of the largest face. Evidently compares new rows with training rows.
 
 The tests are calibrated so that a held-back slice of UTKFace itself shows no drift: each
@@ -135,6 +136,9 @@ def range_answers(
     # only the label columns used: FairFace's own labels.csv also has an `age_range` column, which
     # would rename the answer's to `age_range_x` and silently judge the expected age's range instead
     merged = described.merge(labels[["filename", "age_min"]], left_on="photo", right_on="filename")
+    if (unaged := merged["age_min"].isna()).any():  # no truth: NO_ANSWER would count a missing answer right
+        log.warning("%d labelled new photos have no age and are not judged", int(unaged.sum()))
+        merged = merged[~unaged].reset_index(drop=True)
     predicted = metrics.fairface_ranges(merged["expected_age"].to_numpy(np.float64))
     if "age_range" in merged and len(merged):
         names = [range_name(*pair) for pair in metrics.FAIRFACE_RANGES]
@@ -415,25 +419,31 @@ def drift_summary(tables: dict[str, pd.DataFrame], photos: Path, reports: Path, 
         table.drop(columns=[c for c in table.columns if c.startswith("emb_")]).to_csv(
             reports / f"{name}_features.csv", index=False
         )
+    by_condition_file = reports / "new_photos_accuracy_by_condition.csv"
+    by_condition_file.unlink(missing_ok=True)  # a run without labels must not leave an older run's table
     if (labels := photo_labels(photos)) is not None:
         summary["accuracy"] = range_accuracy(tables["new_photos"], labels)
         by_condition = range_accuracy_by_condition(tables["new_photos"], labels)
-        by_condition.to_csv(reports / "new_photos_accuracy_by_condition.csv", index=False)
-        summary["weakest_conditions"] = metrics.weakest_conditions(by_condition)
+        if len(by_condition):
+            by_condition.to_csv(by_condition_file, index=False)
+            summary["weakest_conditions"] = metrics.weakest_conditions(by_condition)
     return summary
 
 
 def range_accuracy_by_condition(described: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """The labelled new photos' range accuracy per quarter of each photo and face condition
     (`metrics.accuracy_by_condition` over the drift features): which real-photo conditions fail.
-    Photos with no face count as wrong and have no face conditions (their own bin)."""
+    Only photos with a face, as `range_accuracy`'s figure (those without are its `photos_with_face`
+    shortfall); an empty table when none is labelled."""
     merged, predicted, truth = range_answers(described, labels)
+    found = predicted != metrics.NO_ANSWER
     conditions = [column for column in FEATURES if column not in ("width", "height", "aspect", "face_count")]
-    table = merged[conditions].astype(np.float64)
-    no_face = predicted == metrics.NO_ANSWER
-    # a photo without a face has 0 in the face columns (the drift tests' convention); here: unmeasured
-    table.loc[no_face, ["face_box_fraction", "detector_score", "eye_spacing"]] = np.nan
-    return metrics.accuracy_by_condition(table, predicted, truth, conditions)
+    if not found.any():
+        return metrics.accuracy_by_condition(
+            pd.DataFrame(columns=conditions), predicted[:0], truth[:0], conditions
+        )
+    table = merged.loc[found, conditions].astype(np.float64).reset_index(drop=True)
+    return metrics.accuracy_by_condition(table, predicted[found], truth[found], conditions)
 
 
 def summary_line(summary: dict[str, Any]) -> str:

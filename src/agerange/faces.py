@@ -335,7 +335,7 @@ def align_face(image: Image.Image, face: Face, size: int = CHIP_SIZE) -> Image.I
     if reduce_by > 1:
         step, centre_x, centre_y = step / reduce_by, centre_x / reduce_by, centre_y / reduce_by
     cos, sin = math.cos(angle) * step, math.sin(angle) * step
-    # chip pixel (u, v) -> photo pixel: rotate and scale around the eye centre
+    # chip pixel (u, v) -> photo pixel: rotate and scale around the anchor (`face_anchor`)
     u0, v0 = anchor_u * size, anchor_v * size
     origin_x, origin_y = centre_x - cos * u0 + sin * v0, centre_y - sin * u0 - cos * v0
     if reduce_by > 1:

@@ -122,7 +122,8 @@ def accuracy_by_condition(
                 "accuracy": accuracy, "within_one": within_one(predicted[part], truth[part]),
                 "drop": overall - accuracy,
             })  # fmt: skip
-    return pd.DataFrame(rows)
+    columns = ["condition", "bin", "low", "high", "images", "accuracy", "within_one", "drop"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def weakest_conditions(by_condition: pd.DataFrame, count: int = 3) -> list[str]:

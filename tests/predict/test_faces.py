@@ -100,6 +100,8 @@ def test_tight_face_crops_missed_by_the_detector_are_found_inside_a_border(detec
     big_face = max(detector.find_faces(chip.resize((1600, 1600))), key=lambda f: f.width)
     np.testing.assert_allclose(np.asarray(big_face.box) / 8, small_face.box, atol=6)
     assert big_face.size / 8 == pytest.approx(small_face.size, rel=0.05)
+    np.testing.assert_allclose(np.asarray(big_face.centre) / 8, small_face.centre, atol=6)
+    np.testing.assert_allclose(np.asarray(big_face.eyes) / 8, small_face.eyes, atol=6)
 
 
 def test_realigned_training_chips_are_the_chips_predict_would_cut(detector, mini_chips):

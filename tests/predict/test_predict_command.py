@@ -150,6 +150,22 @@ def test_csv_table_and_annotated_copies(tmp_path, packaged_model, capsys):
     assert out.splitlines()[0].startswith("photo") and len(out.splitlines()) == 4
 
 
+def test_a_head_turned_near_profile_is_flagged_and_every_face_reports_its_eye_spacing(
+    tmp_path, packaged_model, capsys
+):
+    """The most turned quarter of the FairFace photos is answered 19% exact: predict says so on
+    such a face (fairface_0407: an old man looking down and aside), not on one facing the camera."""
+    for name in ("fairface_0407.jpg", "fairface_0065.jpg"):
+        shutil.copy(FAIRFACE / name, tmp_path / name)
+    code, out, _ = run([str(tmp_path), "--model", str(packaged_model), "--format", "csv"], capsys)
+    notes = {row["photo"].rsplit("/", 1)[-1]: row["note"] for row in csv.DictReader(io.StringIO(out))}
+    assert code == 0 and notes["fairface_0065.jpg"] == ""
+    assert notes["fairface_0407.jpg"].startswith("head turned away (eye spacing 0.1")
+    code, out, _ = run([str(tmp_path), "--model", str(packaged_model), "--format", "json"], capsys)
+    spacing = {Path(photo["photo"]).name: photo["faces"][0]["eye_spacing"] for photo in json.loads(out)}
+    assert spacing["fairface_0407.jpg"] < 0.3 < 0.4 < spacing["fairface_0065.jpg"] < 0.45
+
+
 def test_the_packaged_model_predicts_without_tensorflow_or_the_detector_package(packaged_model):
     """Serving runs on LiteRT alone: the detector file ships inside the model, TensorFlow is never
     imported, and the served model's requirements do not ask for either."""

@@ -573,6 +573,7 @@ def result_rows(results: list[PhotoPrediction], photo_ids: Sequence | None = Non
                     "x1": face.box[2],
                     "y1": face.box[3],
                     "detector_score": face.detector_score,
+                    "eye_spacing": face.eye_spacing,
                     "age_group": face.age_group,
                     "probability": face.probability,
                     "expected_age": face.expected_age,

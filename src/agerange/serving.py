@@ -65,6 +65,7 @@ OUTPUT_COLUMNS = [
     "x1",
     "y1",
     "detector_score",
+    "eye_spacing",  # eye distance / face box side: lower as the head turns away (less reliable below 0.30)
     "age_group",
     "probability",
     "expected_age",

@@ -89,6 +89,7 @@ def test_served_model_answers_real_and_corrupt_photos(packaged_model: Path, tmp_
             assert 0 <= row["x0"] < row["x1"] <= 448 and 0 <= row["y0"] < row["y1"] <= 448, row
             assert row["age_group"] in GROUP_LABELS, row
             assert 0 < row["probability"] <= 1, row
+            assert 0 <= row["eye_spacing"] < 1, row
     corrupt = [row for row in rows if row["photo"] == 2]
     assert len(corrupt) == 1 and corrupt[0]["face"] == -1, corrupt
     assert corrupt[0]["error"], corrupt

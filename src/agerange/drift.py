@@ -140,7 +140,7 @@ def range_answers(
         log.warning("%d labelled new photos have no age and are not judged", int(unaged.sum()))
         merged = merged[~unaged].reset_index(drop=True)
     predicted = metrics.fairface_ranges(merged["expected_age"].to_numpy(np.float64))
-    if "age_range" in merged and len(merged):
+    if "age_range" in merged:
         names = [range_name(*pair) for pair in metrics.FAIRFACE_RANGES]
         chosen = merged["age_range"].map(lambda name: names.index(name) if name in names else None)
         predicted = np.where(chosen.notna(), chosen.fillna(0).astype(np.int64), predicted)
@@ -438,10 +438,6 @@ def range_accuracy_by_condition(described: pd.DataFrame, labels: pd.DataFrame) -
     merged, predicted, truth = range_answers(described, labels)
     found = predicted != metrics.NO_ANSWER
     conditions = [column for column in FEATURES if column not in ("width", "height", "aspect", "face_count")]
-    if not found.any():
-        return metrics.accuracy_by_condition(
-            pd.DataFrame(columns=conditions), predicted[:0], truth[:0], conditions
-        )
     table = merged.loc[found, conditions].astype(np.float64).reset_index(drop=True)
     return metrics.accuracy_by_condition(table, predicted[found], truth[found], conditions)
 

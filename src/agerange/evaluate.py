@@ -252,16 +252,12 @@ def summary_line(results: dict[str, dict], reports: Path) -> str:
         )
     return (
         f"evaluate: test split {test['n']} images: accuracy {test['accuracy']:.3f}, within one group "
-        f"{test['within_one']:.3f}, MAE {test['mae_years']:.1f} years{_answered(test)}, "
+        f"{test['within_one']:.3f}, MAE {test['mae_years']:.1f} years (the answered age "
+        f"{test['answer_mae_years']:.1f}), "
         f"macro-F1 {test['macro_f1']:.3f}, "
         f"ECE {test['ece']:.3f}, ethnicity gap {gap_text} "
         f"(validation accuracy {results['val']['accuracy']:.3f}); report in {reports}."
     )
-
-
-def _answered(figures: dict) -> str:
-    """The answered age's MAE beside the expected age's, where the evaluation has it."""
-    return f" (the answered age {figures['answer_mae_years']:.1f})" if "answer_mae_years" in figures else ""
 
 
 def worst_mistakes(

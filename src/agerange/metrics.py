@@ -99,7 +99,11 @@ def accuracy_by_condition(
     """Exact and within-one accuracy per quantile bin of each condition (a column of `table`,
     one row per image), with the drop from the accuracy over all rows: which conditions the model
     fails in. Every row is in one bin of each: rows where a condition could not be measured (NaN:
-    no face found) form a bin of their own. Groups or ranges: any indices `exact_accuracy` takes."""
+    no face found) form a bin of their own. Groups or ranges: any indices `exact_accuracy` takes.
+    No rows: an empty table (with its columns)."""
+    columns = ["condition", "bin", "low", "high", "images", "accuracy", "within_one", "drop"]
+    if not len(truth):
+        return pd.DataFrame(columns=columns)
     overall = exact_accuracy(predicted, truth)
     rows = []
     for condition in (c for c in conditions if c in table):
@@ -122,7 +126,6 @@ def accuracy_by_condition(
                 "accuracy": accuracy, "within_one": within_one(predicted[part], truth[part]),
                 "drop": overall - accuracy,
             })  # fmt: skip
-    columns = ["condition", "bin", "low", "high", "images", "accuracy", "within_one", "drop"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -203,7 +203,10 @@ def test_condition_slices_cover_every_image_and_find_where_accuracy_falls():
 def test_the_summary_says_no_gap_when_there_are_no_ethnicity_labels(tmp_path):
     from agerange.evaluate import summary_line
 
-    test = {"n": 10, "accuracy": 0.5, "within_one": 0.9, "mae_years": 5.0, "macro_f1": 0.4, "ece": 0.03}
+    test = {
+        "n": 10, "accuracy": 0.5, "within_one": 0.9, "mae_years": 5.0, "answer_mae_years": 4.9,
+        "macro_f1": 0.4, "ece": 0.03,
+    }  # fmt: skip
     results = {"val": {"accuracy": 0.55}, "test": test}
     assert "ethnicity gap n/a (no ethnicity labels)" in summary_line(results, tmp_path)
     results["test"] = {**test, "ethnicity_accuracy_gap": 0.0412}

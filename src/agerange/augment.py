@@ -28,10 +28,10 @@ def degrade(chip: np.ndarray, rng: np.random.Generator, strength: float) -> np.n
     image = Image.fromarray(chip)
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if rng.random() < 0.5 * strength:
+    if rng.random() < strength:
         # UTKFace faces look at the camera; in people's photos a quarter of the heads are turned
         # (bench/turned_heads.py), and those faces are answered worst
-        image = Image.fromarray(turn_head(np.asarray(image), rng.uniform(15, 45) * rng.choice([-1, 1])))
+        image = Image.fromarray(turn_head(np.asarray(image), rng.uniform(15, 60) * rng.choice([-1, 1])))
     # geometry: the few-degree turns, shifts and scale changes of another camera and detector
     angle = np.deg2rad(rng.uniform(-12, 12) * strength)
     scale = 1 + rng.uniform(-0.12, 0.12) * strength

@@ -142,8 +142,8 @@ def range_answers(
     predicted = metrics.fairface_ranges(merged["expected_age"].to_numpy(np.float64))
     if "age_range" in merged:
         names = [range_name(*pair) for pair in metrics.FAIRFACE_RANGES]
-        chosen = merged["age_range"].map(lambda name: names.index(name) if name in names else None)
-        predicted = np.where(chosen.notna(), chosen.fillna(0).astype(np.int64), predicted)
+        chosen = np.array([names.index(name) if name in names else -1 for name in merged["age_range"]])
+        predicted = np.where(chosen >= 0, chosen, predicted)
     return merged, predicted, metrics.fairface_ranges(merged["age_min"].to_numpy(np.float64))
 
 

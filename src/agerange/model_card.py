@@ -67,7 +67,7 @@ def model_card(
     for name, figures in (("validation", val), ("test", test)):
         lines.append(
             f"| {name} | {_percent(figures.get('accuracy'))} | {_percent(figures.get('within_one'))} | "
-            f"{figures.get('mae_years', float('nan')):.1f} / {_years(figures.get('answer_mae_years'))} | "
+            f"{_years(figures.get('mae_years'))} / {_years(figures.get('answer_mae_years'))} | "
             f"{_percent(figures.get('ethnicity_accuracy_gap'))} | "
             f"{_percent(figures.get('ethnicity_worst_accuracy'))} |"
         )

@@ -40,6 +40,21 @@ def test_range_accuracy_judges_the_chosen_range_even_when_the_labels_name_theirs
     assert accuracy["range_accuracy"] == 0.5 and accuracy["range_within_one"] == 1.0
 
 
+@pytest.mark.filterwarnings("error")
+def test_photos_without_a_face_have_no_chosen_range_and_are_not_judged_right():
+    """A photo with no face has neither a chosen range nor an expected age: it is answered
+    wrong among all photos and left out of the answered ones, without a pandas warning."""
+    described = pd.DataFrame(
+        {"photo": ["a.jpg", "b.jpg"], "expected_age": [float("nan"), float("nan")], "age_range": [None, None]}
+    )
+    labels = pd.DataFrame({"filename": ["a.jpg", "b.jpg"], "age_min": [0, 30]})
+    accuracy = range_accuracy(described, labels)
+    assert accuracy["range_accuracy_all_photos"] == 0.0 and accuracy["photos_with_face"] == 0
+    described.loc[1, ["expected_age", "age_range"]] = [33.0, "30-39"]
+    accuracy = range_accuracy(described, labels)
+    assert accuracy["range_accuracy"] == 1.0 and accuracy["range_accuracy_all_photos"] == 0.5
+
+
 def test_category_test_compares_two_samples_not_one_against_exact_frequencies():
     """One 'no face' photo among 200, where the reference of 350 had none, is no evidence of drift
     (Evidently's `chisquare` gives p = 0 there); a real shift of the mix still is."""

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 import agerange.faces
-from agerange.drift import answering_in_fairface_ranges, photo_labels, range_answers
+from agerange.drift import answering_in_fairface_ranges, answers_table, photo_labels, range_answers
 from agerange.predict import AgePredictor, predict_path_metrics
 
 # the eye centre anchors every face when no eye spacing reaches the frontal bound
@@ -33,15 +33,7 @@ def photo_table(predictor: AgePredictor, folder: Path) -> pd.DataFrame:
     results = [
         r for _, r in answering_in_fairface_ranges(predictor).stream([folder / n for n in names], names=names)
     ]
-    described = pd.DataFrame(
-        {
-            "photo": [r.photo for r in results],
-            "expected_age": [r.faces[0].expected_age if r.faces else np.nan for r in results],
-            "age_range": [r.faces[0].age_range if r.faces else None for r in results],
-            "eye_spacing": [r.faces[0].eye_spacing if r.faces else np.nan for r in results],
-        }
-    )
-    merged, predicted, truth = range_answers(described, labels)
+    merged, predicted, truth = range_answers(answers_table(results), labels)
     return merged.assign(distance=np.abs(predicted - truth))
 
 

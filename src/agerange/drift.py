@@ -183,8 +183,9 @@ def photo_labels(folder: Path) -> pd.DataFrame | None:
 
 def answers_table(results: list) -> pd.DataFrame:
     """What `range_accuracy` judges of each photo's predictions (`PhotoPrediction`s): `photo`, and
-    its largest face's `expected_age` and `age_range` (NaN and None where no face was found).
-    Unreadable photos are logged and left out, as `describe_photos` leaves them out."""
+    its largest face's `expected_age`, `age_range` and `eye_spacing` (how far the head is turned;
+    NaN and None where no face was found). Unreadable photos are logged and left out, as
+    `describe_photos` leaves them out."""
     for result in results:
         if result.error is not None:
             log.warning("%s", result.error)
@@ -194,6 +195,7 @@ def answers_table(results: list) -> pd.DataFrame:
             "photo": [result.photo for result in results],
             "expected_age": [result.faces[0].expected_age if result.faces else np.nan for result in results],
             "age_range": [result.faces[0].age_range if result.faces else None for result in results],
+            "eye_spacing": [result.faces[0].eye_spacing if result.faces else np.nan for result in results],
         }
     )
 

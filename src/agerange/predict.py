@@ -589,7 +589,7 @@ def result_rows(results: list[PhotoPrediction], photo_ids: Sequence | None = Non
 
 def _face_notes(face: FacePrediction) -> list[str]:
     """Warnings about one face's answer: a head turned near profile, which the training chips
-    almost never show (the turned quarter of the FairFace photos: 19% exact, README)."""
+    almost never show (the most turned FairFace photos are answered worst; README)."""
     if face.eye_spacing < PROFILE_EYE_SPACING:
         return [f"head turned away (eye spacing {face.eye_spacing:.2f}): the answer is less reliable"]
     return []

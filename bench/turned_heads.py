@@ -4,10 +4,13 @@ centre for every face (the cut before 2026-12-06), side by side in one run, on t
 
 The table: FairFace-range exact and within-one accuracy through the whole predict path, for all
 photos, the turned ones (largest face's eye spacing below --turned) and the others; with
---splits and --images also the validation split through the predict path (age groups).
+--splits and --images also the validation split through the predict path (age groups). With
+--against another packaged model, photo by photo against it (default anchor): how many answers
+--model fixes and breaks, exact and within one, for the same parts (the photos' turned/other
+split is --model's), with a two-sided sign test on the changed photos.
 
     python bench/turned_heads.py [--model data/serving] [--photos data/new_photos]
-        [--splits data/splits.parquet --images data/images] [--turned 0.364]
+        [--splits data/splits.parquet --images data/images] [--turned 0.364] [--against OTHER_MODEL]
 """
 
 import argparse
@@ -41,6 +44,23 @@ def share(distances: pd.Series, within: int) -> str:
     return f"{(distances <= within).mean():.1%}" if len(distances) else "-"
 
 
+def changes(table: pd.DataFrame, other: pd.DataFrame, turned: float) -> pd.DataFrame:
+    """Photo by photo, `table`'s answers against `other`'s (same photos): fixed and broken."""
+    from scipy.stats import binomtest
+
+    both = table.merge(other[["photo", "distance"]], on="photo", suffixes=("", "_other"))
+    is_turned = both["eye_spacing"] < turned
+    rows = []
+    for part, rows_in in (("all", both), ("turned", both[is_turned]), ("others", both[~is_turned])):
+        for judged, within in (("exact", 0), ("within one", 1)):
+            right, right_before = rows_in["distance"] <= within, rows_in["distance_other"] <= within
+            fixed, broke = int((right & ~right_before).sum()), int((~right & right_before).sum())
+            p_value = binomtest(fixed, fixed + broke).pvalue if fixed + broke else 1.0
+            rows.append({"photos": f"{part} ({len(rows_in)})", "judged": judged, "fixed": fixed,
+                         "broke": broke, "sign test p": round(p_value, 3)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -52,6 +72,7 @@ def main() -> None:
     parser.add_argument(
         "--turned", type=float, default=0.364, help="eye spacing below which a head counts as turned"
     )
+    parser.add_argument("--against", type=Path, help="another packaged model to compare photo by photo")
     args = parser.parse_args()
     defaults = (agerange.faces.FRONTAL_EYE_SPACING, agerange.faces.PROFILE_EYE_SPACING)
     rows = []
@@ -75,6 +96,11 @@ def main() -> None:
     agerange.faces.FRONTAL_EYE_SPACING, agerange.faces.PROFILE_EYE_SPACING = defaults
     print(f"{args.model}: labelled photos of {args.photos}, FairFace ranges, turned below {args.turned}")
     print(pd.DataFrame(rows).to_string(index=False))
+    if args.against:
+        model_table = photo_table(AgePredictor.from_directory(args.model), args.photos)
+        other_table = photo_table(AgePredictor.from_directory(args.against), args.photos)
+        print(f"\n{args.model} against {args.against}, photo by photo (default anchor):")
+        print(changes(model_table, other_table, args.turned).to_string(index=False))
 
 
 if __name__ == "__main__":

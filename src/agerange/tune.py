@@ -298,7 +298,6 @@ def make_objective(
             options = TrainOptions(
                 checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, jit=jit, recut=recut,
                 feature_cache=feature_cache, cache_unfreeze_layers=deepest.get(resolved.train.backbone),
-                pooled_head=True,
                 label=f"trial {trial.number}",
             )  # fmt: skip
             # a trial trains one model with one fine-tuning run (the train stage may do more)

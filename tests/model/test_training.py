@@ -469,11 +469,14 @@ def test_phase_one_on_cached_pooled_features_sees_what_the_whole_network_compute
     mirrored = np.asarray(whole(data["train"].chips[:, :, ::-1].astype(np.float32)))
     np.testing.assert_allclose(pooled["train"][1], mirrored, atol=0.01 * np.abs(mirrored).max())
 
-    # A training with pooled_head learns, with either head (the sweep trials' phase 1).
+    # Every cached training trains phase 1 on the pooled features (kept in its cache), and learns,
+    # with either head.
     chips, groups = data["train"].chips, data["train"].groups
     for head, sigma in (("groups", 0.0), ("ages", 0.085)):
         config = _tiny_config(size, head_epochs=3, finetune_epochs=2, head=head, age_sigma=sigma)
-        result = train(config, splits, TrainOptions(tmp_path / head, feature_cache=cache, pooled_head=True))
+        fresh = FeatureCache()
+        result = train(config, splits, TrainOptions(tmp_path / head, feature_cache=fresh))
+        assert any(key[-1] == "pooled" for key in fresh._stores), head
         answers = group_probabilities(predict_probabilities(result.model, chips)).argmax(1)
         assert (answers == groups).mean() > 0.2, head  # chance is 0.1
 

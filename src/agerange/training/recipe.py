@@ -20,6 +20,7 @@ from agerange.training.feeds import cached_feed, full_network_feed, pooled_head_
 from agerange.training.phases import (
     EpochHook,
     fine_tune,
+    phase_one_weights,
     train_from_scratch,
     train_head,
     validation_score,
@@ -41,8 +42,6 @@ class TrainOptions:
     # place the cache boundary as if this many layers were unfrozen (the deepest a sweep can ask
     # for), so every trial of a backbone shares one cache; the layers in between stay frozen
     cache_unfreeze_layers: int | None = None
-    # with a feature_cache, phase 1 trains the head on cached pooled features (sweep trials)
-    pooled_head: bool = False
     keep_checkpoints: bool = False  # leave checkpoint_dir in place when done (the caller removes it)
     label: str = ""  # names the training in its log lines ("member 1/2")
     # soft targets per training row instead of the labels' own (a distilled student's, `distil`)
@@ -125,8 +124,12 @@ def train(config: TrainConfig, data: TrainData, options: TrainOptions) -> TrainR
     else:
         cache = options.feature_cache or FeatureCache()
         feed, features = cached_feed(model, boundary, config, data, targets, cache, recut)
+        # Phase 1 trains the head alone, on the pretrained network's pooled features computed once
+        # per image and version: a head epoch then costs about a second, not a pass through the
+        # whole top of the network (ensemble members and sweep trials share them). Not when an
+        # interrupted run already finished phase 1.
         head_feed = feed
-        if options.pooled_head and options.feature_cache is not None:
+        if not phase_one_weights(options.checkpoint_dir).is_file():
             head_feed = pooled_head_feed(model, boundary, config, data, targets, cache, features)
     epochs = train_head(model, head_feed, config, options, records)
     soup, last_feed = None, head_feed

@@ -221,6 +221,21 @@ def test_fine_tuning_runs_start_from_phase_one_and_all_feed_the_soup(mini_splits
         )
 
 
+def test_with_the_soup_fine_tuning_runs_every_epoch_and_without_it_stops_early(mini_splits, tmp_path):
+    """Validation accuracy that never improves (a learning rate of 0) stops a plain fine-tuning
+    after two epochs; with the weight soup every planned epoch runs, and the soup chooses."""
+    data, size = mini_splits
+    config = _tiny_config(size, head_epochs=1, finetune_epochs=4, finetune_learning_rate=0.0, patience=0)
+    epochs = {}
+    for soup in (False, True):
+        result = train(
+            dataclasses.replace(config, weight_soup=soup), TrainData(data["train"], data["val"]),
+            TrainOptions(tmp_path / f"soup_{soup}"),
+        )  # fmt: skip
+        epochs[soup] = int((result.history["phase"] == "finetune").sum())
+    assert epochs == {False: 2, True: 4}
+
+
 def test_the_validation_accuracy_reported_is_the_returned_models_even_when_fine_tuning_made_it_worse(
     mini_splits, tmp_path
 ):

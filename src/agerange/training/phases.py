@@ -101,7 +101,9 @@ def validation_score(feed: Feed, config: TrainConfig, jit: bool) -> float:
     return validation_accuracy(compiled_to_evaluate(feed.trainer, config, jit), feed.val_data)
 
 
-def epoch_callback(phase: str, offset: int, planned: int, records: list, probe, hook, label: str):
+def epoch_callback(
+    phase: str, offset: int, planned: int, records: list, probe, hook, label: str, stops_early: bool = True
+):
     """A Keras callback: records each epoch, predicts the probe set, calls the tracking hook and
     logs one line saying whose epoch it is (`label`, phase) and how long the phase may still take."""
     import keras
@@ -121,12 +123,13 @@ def epoch_callback(phase: str, offset: int, planned: int, records: list, probe, 
             if hook is not None:
                 hook(phase, row["epoch"], {k: v for k, v in row.items() if k not in ("phase", "epoch")})
             per_epoch = (time.monotonic() - self.started) / (epoch + 1)
+            sooner = " (early stopping may end it sooner)" if stops_early else ""
             log.info(
                 "%s%s epoch %d/%d: loss %.4f, accuracy %.4f, val_accuracy %.4f; %.0f s/epoch, "
-                "this phase ends within %.1f min (early stopping may end it sooner)",
+                "this phase ends within %.1f min%s",
                 f"{label} " if label else "", phase, epoch + 1, planned, row.get("loss", float("nan")),
                 row.get("accuracy", float("nan")), row.get("val_accuracy", float("nan")), per_epoch,
-                per_epoch * (planned - epoch - 1) / 60,
+                per_epoch * (planned - epoch - 1) / 60, sooner,
             )  # fmt: skip
 
     return EpochCallback()
@@ -230,18 +233,19 @@ def fine_tune(model, feed: Feed, config: TrainConfig, options, records: list) ->
         model.load_weights(phase_one_weights(checkpoint_dir))
         compile_for(feed.trainer, config.finetune_learning_rate, options.jit, config.age_loss_weight)
         label = options.label + (f" run {run + 1}/{config.finetune_runs}" if config.finetune_runs > 1 else "")
-        callbacks = [
-            epoch_callback(
-                "finetune", offset, config.finetune_epochs, records, feed.probe, options.on_epoch, label
-            )
-        ]
-        if config.weight_soup:
-            callbacks.append(snapshot_callback(checkpoint_dir / "soup", offset))
-        run_data = feed.train_data if run == 0 else feed.reshuffled(config.seed + run)
         # With the soup every epoch runs: the soup chooses among them on validation, and early
         # stopping on that noisy figure cut one ensemble member short at 8 of 15 epochs (soup
         # 0.577, where the same recipe's members ran all 15 to 0.591 and 0.592)
         patience = None if config.weight_soup else config.patience
+        callbacks = [
+            epoch_callback(
+                "finetune", offset, config.finetune_epochs, records, feed.probe, options.on_epoch, label,
+                stops_early=patience is not None,
+            )
+        ]  # fmt: skip
+        if config.weight_soup:
+            callbacks.append(snapshot_callback(checkpoint_dir / "soup", offset))
+        run_data = feed.train_data if run == 0 else feed.reshuffled(config.seed + run)
         epochs += fit(
             feed.trainer, run_data, feed.val_data, config.finetune_epochs, patience,
             checkpoint_dir / f"phase2_{run}", callbacks,

@@ -221,6 +221,17 @@ def test_fine_tuning_runs_start_from_phase_one_and_all_feed_the_soup(mini_splits
         )
 
 
+def test_a_head_only_training_caches_above_the_pooling_and_learns(mini_splits, tmp_path):
+    """With no layer unfrozen the cut lies above the pooling layer: phase 1 reads the cached
+    output itself (there are no pooled features to compute below it)."""
+    data, size = mini_splits
+    config = _tiny_config(size, unfreeze_layers=0, head_epochs=3, finetune_epochs=0)
+    result = train(config, TrainData(data["train"], data["val"]), TrainOptions(tmp_path / "ckpt"))
+    assert list(result.history["phase"]) == ["head"] * 3
+    answers = group_probabilities(predict_probabilities(result.model, data["train"].chips)).argmax(1)
+    assert (answers == data["train"].groups).mean() > 0.2  # chance is 0.1
+
+
 def test_with_the_soup_fine_tuning_runs_every_epoch_and_without_it_stops_early(mini_splits, tmp_path):
     """Validation accuracy that never improves (a learning rate of 0) stops a plain fine-tuning
     after two epochs; with the weight soup every planned epoch runs, and the soup chooses."""

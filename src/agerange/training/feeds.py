@@ -95,7 +95,8 @@ def cached_feed(
 def pooled_head_feed(
     model, boundary: str, config: TrainConfig, data: TrainData, targets, cache: FeatureCache, features: dict
 ) -> Feed:
-    """The head alone on the pretrained network's pooled features, the same in every sweep trial."""
+    """The head alone on the pretrained network's pooled features, the same in every ensemble
+    member and sweep trial."""
     import keras
 
     key = (config.backbone, config.image_size, boundary)

@@ -129,7 +129,7 @@ def train(config: TrainConfig, data: TrainData, options: TrainOptions) -> TrainR
         # whole top of the network (ensemble members and sweep trials share them). Not when an
         # interrupted run already finished phase 1.
         head_feed = feed
-        if not phase_one_weights(options.checkpoint_dir).is_file():
+        if _below_pooling(model, boundary) and not phase_one_weights(options.checkpoint_dir).is_file():
             head_feed = pooled_head_feed(model, boundary, config, data, targets, cache, features)
     epochs = train_head(model, head_feed, config, options, records)
     soup, last_feed = None, head_feed
@@ -160,6 +160,13 @@ def _freeze_boundary(model, config: TrainConfig, options: TrainOptions) -> str |
     boundary = None if options.augment else boundary_layer(model, first_trainable_index(model))
     unfreeze(model, config.backbone, 0)
     return boundary
+
+
+def _below_pooling(model, boundary: str) -> bool:
+    """Whether the cut lies below the pooling layer (with nothing unfrozen it lies above it, and
+    the cached output already is the head's input)."""
+    names = [layer.name for layer in model.layers]
+    return names.index(boundary) < names.index("features")
 
 
 def _result(model, records, boundary, started, images_seen, val_accuracy, soup=None) -> TrainResult:

@@ -80,6 +80,8 @@ def main() -> None:
         agerange.faces.FRONTAL_EYE_SPACING, agerange.faces.PROFILE_EYE_SPACING = bounds or defaults
         predictor = AgePredictor.from_directory(args.model)
         table = photo_table(predictor, args.photos)
+        if bounds is None:
+            default_table = table  # the photo-by-photo comparison reads this one
         turned = table["eye_spacing"] < args.turned
         row = {"anchor": name}
         for part, rows_in in (("all", table), ("turned", table[turned]), ("others", table[~turned])):
@@ -97,10 +99,9 @@ def main() -> None:
     print(f"{args.model}: labelled photos of {args.photos}, FairFace ranges, turned below {args.turned}")
     print(pd.DataFrame(rows).to_string(index=False))
     if args.against:
-        model_table = photo_table(AgePredictor.from_directory(args.model), args.photos)
         other_table = photo_table(AgePredictor.from_directory(args.against), args.photos)
         print(f"\n{args.model} against {args.against}, photo by photo (default anchor):")
-        print(changes(model_table, other_table, args.turned).to_string(index=False))
+        print(changes(default_table, other_table, args.turned).to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -148,11 +148,11 @@ def fit(
     # it: without this, every later fit on the same model (phase 2 after a resumed phase 1, the
     # next fine-tuning run) would skip the epochs the resumed one had done.
     trainer._initial_epoch = None
-    stopping = [
+    stopping = [] if patience is None else [
         keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=patience, restore_best_weights=True
         )
-    ]
+    ]  # fmt: skip
     history = trainer.fit(
         train_data,
         validation_data=val_data,
@@ -161,7 +161,7 @@ def fit(
         verbose=0,  # the epoch callback logs one line per epoch instead
         callbacks=[
             keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True),
-            *(stopping if patience is not None else []),
+            *stopping,
             *callbacks,
         ],
     )

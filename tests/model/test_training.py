@@ -159,6 +159,21 @@ def test_each_epoch_shows_every_row_once_as_one_of_its_versions():
         assert counts.min() > 20, counts  # every version picked (about 50 each)
 
 
+def test_training_pipelines_run_without_tf_data_autotuning():
+    """With autotuning on, both cores often stood idle for up to 30 s whenever Keras let go of an
+    iterator (every epoch, evaluate and predict; bench/idle_between_epochs.py): every pipeline that
+    training builds turns it off, and the predict pipeline gives Keras's own batches, in order."""
+    from agerange.training.data import array_batches, make_dataset
+
+    rows = np.arange(10, dtype=np.float32)[:, None]
+    shuffled = make_dataset(rows, np.zeros(10, np.int64), np.ones(10, np.float32), 4, True, 0)
+    in_order = array_batches(rows, 4)
+    for dataset in (shuffled, in_order):
+        assert dataset.options().autotune.enabled is False
+    assert [len(batch) for batch in in_order] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([batch.numpy() for batch in in_order]), rows)
+
+
 def test_soft_labels_keep_mass_on_the_truth_and_its_neighbours():
     labels = soft_labels(np.array([0, 5, 9]), 0.2)
     np.testing.assert_allclose(labels.sum(axis=1), 1.0)

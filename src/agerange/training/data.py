@@ -121,4 +121,26 @@ def make_dataset(variants, groups, weights, batch_size, shuffle, seed, targets=N
 
     # one element at a time: parallel calls would draw from `rng` in a racy order, and the same
     # seed would pick different versions from one run to the next (training not reproducible)
-    return data.map(pick).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return without_autotuning(data.map(pick).batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def array_batches(array: np.ndarray, batch_size: int):
+    """An in-memory array as a tf.data pipeline of batches in order, without autotuning: what
+    Keras's `predict` makes of an array (the same batches, so the same outputs), minus the idle
+    wait `without_autotuning` removes."""
+    import tensorflow as tf
+
+    return without_autotuning(tf.data.Dataset.from_tensor_slices(array).batch(batch_size))
+
+
+def without_autotuning(data):
+    """`data` with tf.data's autotuning off. With it on (TensorFlow 2.21 on this 2-core CPU), each
+    time Keras let go of an iterator, as it does at every epoch's start and at the end of every
+    `evaluate` and `predict`, both cores often stood idle for up to 30 s: a third of a fine-tuning
+    epoch (`bench/idle_between_epochs.py`). What it tunes matters little here: the arrays are in
+    memory and `pick` runs one element at a time."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return data.with_options(options)

@@ -14,7 +14,7 @@ from agerange.files import atomic_path
 from agerange.inference import group_probabilities
 from agerange.metrics import exact_accuracy
 from agerange.model import ensemble_classifier
-from agerange.training.data import TrainData
+from agerange.training.data import TrainData, array_batches
 from agerange.training.feature_cache import FeatureCache
 from agerange.training.recipe import TrainOptions, TrainResult, train
 
@@ -92,7 +92,7 @@ def _combine(
     # the frozen part below the cut is the same pretrained network in every member: run it once
     model = ensemble_classifier(models, shared_until=results[0]["boundary"])
     val = data.val
-    predicted = model.predict(val.chips.astype(np.float32), batch_size=config.batch_size, verbose=0)
+    predicted = model.predict(array_batches(val.chips.astype(np.float32), config.batch_size), verbose=0)
     accuracy = exact_accuracy(group_probabilities(predicted).argmax(axis=1), val.groups)
     log.info("ensemble of %d members: validation accuracy %.4f", len(models), accuracy)
     seconds = sum(r["seconds"] for r in results)

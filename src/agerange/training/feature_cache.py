@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from agerange.augment import degraded
-from agerange.training.data import SplitData
+from agerange.training.data import SplitData, array_batches
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class FeatureCache:
             paths = split.table["path"].tolist()
             missing = [index for index, path in enumerate(paths) if (path, kind) not in store]
             if missing:
-                vectors = pool.predict(values[missing].astype(np.float32), batch_size=256, verbose=0)
+                vectors = pool.predict(array_batches(values[missing].astype(np.float32), 256), verbose=0)
                 for index, vector in zip(missing, vectors, strict=True):
                     store[(paths[index], kind)] = vector
             return np.stack([store[(path, kind)] for path in paths])

@@ -18,6 +18,7 @@ from agerange.inference import BIN_AGES, decode_probabilities
 from agerange.labels import AGE_BINS, BINS_TO_GROUPS
 from agerange.metrics import exact_accuracy
 from agerange.model import unfreeze
+from agerange.training.data import array_batches
 from agerange.training.feeds import Feed
 from agerange.training.soup import greedy_soup, load_snapshots, snapshot_callback, validation_accuracy
 
@@ -117,7 +118,7 @@ def epoch_callback(
             row.update({key: float(value) for key, value in (logs or {}).items()})
             if probe is not None:
                 inputs, groups = probe
-                predicted, _ = decode_probabilities(self.model.predict(inputs, verbose=0))
+                predicted, _ = decode_probabilities(self.model.predict(array_batches(inputs, 32), verbose=0))
                 row["probe_accuracy"] = exact_accuracy(predicted, groups)
             records.append(row)
             if hook is not None:

@@ -517,7 +517,7 @@ def test_phase_one_on_cached_pooled_features_sees_what_the_whole_network_compute
         config = _tiny_config(size, head_epochs=3, finetune_epochs=2, head=head, age_sigma=sigma)
         fresh = FeatureCache()
         result = train(config, splits, TrainOptions(tmp_path / head, feature_cache=fresh))
-        assert any(key[-1] == "pooled" for key in fresh._stores), head
+        assert any(key[-1] == "pooled" for key in fresh.stored_keys()), head
         answers = group_probabilities(predict_probabilities(result.model, chips)).argmax(1)
         assert (answers == groups).mean() > 0.2, head  # chance is 0.1
 

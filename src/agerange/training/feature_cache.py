@@ -76,6 +76,11 @@ class FeatureCache:
     def __init__(self) -> None:
         self._stores: dict[tuple, dict] = {}
 
+    def stored_keys(self) -> list[tuple]:
+        """What it holds: (backbone, image size, boundary layer), and (backbone, image size,
+        "pooled") once pooled head inputs were computed."""
+        return list(self._stores)
+
     def boundary_features(
         self, bottom, key: tuple, data, batch_size: int, recut: Recut | None = None, variants: int = 0,
         strength: float = 0.0,

@@ -152,3 +152,22 @@ def test_list_entries_and_split_shares_are_checked_when_the_settings_load(tmp_pa
         path.write_text(yaml.safe_dump(params))
         with pytest.raises(ConfigError, match=reason):
             load_section("split", path)
+
+
+def test_a_benchmark_recipe_changes_named_train_settings_and_refuses_unknown_or_mistyped_ones():
+    """bench/recipe_probe.py --recipe: params.yaml's checks, with the recipe named in the error."""
+    from bench.recipe_probe import changed
+
+    base = load_section("train", PROJECT_ROOT / "params.yaml")
+    assert changed(base, "unfreeze_layers=100, image_size=192") == dataclasses.replace(
+        base, unfreeze_layers=100, image_size=192
+    )
+    assert changed(base, "finetune_learning_rate=3e-5").finetune_learning_rate == 3e-5
+    for text, reason in (
+        ("unfreez_layers=3", r"--recipe 'unfreez_layers=3': train.unfreez_layers: unknown key"),
+        ("image_size=big", r"train.image_size: expected int, got 'big'"),
+        ("image_size", r"--recipe 'image_size': expected key=value"),
+        ("head=years", r"train.head: 'years' is not a head"),
+    ):
+        with pytest.raises(ConfigError, match=reason):
+            changed(base, text)

@@ -424,6 +424,48 @@ def test_an_ensemble_averages_its_members_and_resumes_without_retraining_a_finis
     assert result.val_accuracy == pytest.approx(val_accuracy, abs=1e-6)
 
 
+def test_a_recipe_scored_for_all_its_epochs_repeats_the_trainings_own_soups(mini_splits, tmp_path, capsys):
+    """bench/recipe_probe.py: an ensemble trained with its epoch snapshots kept, whose soup of the
+    first k snapshots is what `finetune_epochs: k` trains; with every epoch, exactly the
+    training's own member soups and ensemble."""
+    import json
+
+    from agerange.training import configure_device
+    from agerange.training.soup import load_snapshots
+    from bench.recipe_probe import first_epochs, member_parts, score_recipe, train_recipe
+
+    data, size = mini_splits
+    config = _tiny_config(
+        size, head="ages", age_sigma=0.085, head_epochs=2, finetune_epochs=3, weight_soup=True,
+        ensemble_members=2,
+    )  # fmt: skip
+    device, folder = configure_device("off", "off", 0), tmp_path / "recipe"
+    splits = TrainData(data["train"], data["val"])
+    run = train_recipe(config, splits, folder, device)
+    parts = member_parts(folder, 2)
+    assert [len(list(soup.glob("epoch_*.npz"))) for _, soup in parts] == [3, 3]  # kept, every epoch
+
+    every, first = score_recipe(folder, config, data["val"], [3, 1])
+    trained = [json.loads((model.parent / "result.json").read_text())["soup"] for model, _ in parts]
+    assert every["member soups"] == [round(soup["val_accuracy"], 4) for soup in trained]
+    assert every["exact"] == pytest.approx(run["soup"]["val_accuracy"], abs=1e-6)  # the ensemble's
+    assert 0 < every["within one"] <= 1 and every["answered MAE"] > 0
+    # with one epoch, each member's soup is its first fine-tuning epoch alone
+    for (_, soup), accuracy in zip(parts, first["member soups"], strict=True):
+        (snapshot,) = first_epochs(load_snapshots(soup), 1, 3)
+        assert snapshot[0] == min(epoch for epoch, _, _ in load_snapshots(soup))
+        assert snapshot[1] == pytest.approx(accuracy, abs=1e-4)
+    # two fine-tuning runs of 3 epochs (9-11, 12-14): their first two epochs each
+    runs = [(epoch, 0.5, []) for epoch in range(9, 15)]
+    assert sorted(e for e, _, _ in first_epochs(runs, 2, 3)) == [9, 10, 12, 13]
+
+    # trained once: scored again without training; other settings in that folder are refused
+    assert train_recipe(config, splits, folder, device) == run
+    with pytest.raises(SystemExit):
+        train_recipe(dataclasses.replace(config, dropout=0.3), splits, folder, device)
+    assert "holds a training of other settings" in capsys.readouterr().err
+
+
 def test_an_ensemble_refuses_to_share_layers_its_members_trained_differently():
     import keras
 

@@ -76,8 +76,8 @@ def _train_member(
         summary = {key: getattr(result, key) for key in ("boundary", "seconds", "images_per_second")}
         soup = result.soup and {**result.soup, "epochs": [e + offset for e in result.soup["epochs"]]}
         (folder / "result.json").write_text(json.dumps({**summary, "soup": soup}))
-    # only now: a run killed before `done` was written resumes from these
-    shutil.rmtree(root / f"member_{member}", ignore_errors=True)
+    if not options.keep_checkpoints:  # only now: a run killed before `done` was written resumes from these
+        shutil.rmtree(root / f"member_{member}", ignore_errors=True)
     return done
 
 
@@ -97,7 +97,8 @@ def _combine(
     log.info("ensemble of %d members: validation accuracy %.4f", len(models), accuracy)
     seconds = sum(r["seconds"] for r in results)
     soup_epochs = [epoch for r in results if r["soup"] for epoch in r["soup"]["epochs"]]
-    shutil.rmtree(options.checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+    if not options.keep_checkpoints:  # finished: nothing left to resume
+        shutil.rmtree(options.checkpoint_dir, ignore_errors=True)
     return TrainResult(
         model=model,
         history=pd.concat(histories, ignore_index=True),

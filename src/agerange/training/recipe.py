@@ -42,7 +42,9 @@ class TrainOptions:
     # place the cache boundary as if this many layers were unfrozen (the deepest a sweep can ask
     # for), so every trial of a backbone shares one cache; the layers in between stay frozen
     cache_unfreeze_layers: int | None = None
-    keep_checkpoints: bool = False  # leave checkpoint_dir in place when done (the caller removes it)
+    # leave checkpoint_dir in place when done (the caller removes it); an ensemble keeps every
+    # member's, epoch snapshots included (bench/recipe_probe.py scores fewer epochs from them)
+    keep_checkpoints: bool = False
     label: str = ""  # names the training in its log lines ("member 1/2")
     # soft targets per training row instead of the labels' own (a distilled student's, `distil`)
     targets: np.ndarray | None = None

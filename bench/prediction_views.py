@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agerange.config import load_section, setup_logging
+from agerange.config import fail, load_section, setup_logging
 
 
 def zoomed(chips: np.ndarray, factor: float) -> np.ndarray:
@@ -47,6 +47,9 @@ def main() -> None:
     parser.add_argument("--zoom-out", type=float, default=0.93)
     args = parser.parse_args()
     setup_logging()  # before TensorFlow is imported: it quiets the notices a CPU run prints
+    for path, made_by in ((args.model, "dvc repro train"), (args.splits, "dvc repro split")):
+        if not path.is_file():
+            fail(f"{path}: no such file (`{made_by}` writes it)")
 
     import keras
 

@@ -51,6 +51,9 @@ def main() -> None:
         recipes = {"default": default} | {text: changed(default, text) for text in args.recipe}
     except ConfigError as error:
         fail(str(error))
+    for path in (args.splits, args.train, args.images):
+        if not path.exists():
+            fail(f"{path}: no such file or folder (`dvc repro rebalance` writes the training inputs)")
     ks = args.k or [default.finetune_epochs]
     for name, config in recipes.items():  # before anything trains
         if max(ks) > config.finetune_epochs:

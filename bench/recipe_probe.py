@@ -10,7 +10,8 @@ epochs of a longer one, so the greedy soup of the first k snapshots is exactly w
 (exact, within one, MAE of the answered age), from its members' soups and their ensemble. The
 largest k of the default recipe is the train stage's own model (members trained alone: see
 --members). A recipe already trained in --out is scored again, not retrained: its time columns
-then come from that earlier run, and the table says when it ran.
+then come from that earlier run, and the table says when it ran (a training resumed after an
+interruption times only what it ran after it).
 
     python bench/recipe_probe.py --recipe unfreeze_layers=100 [--recipe image_size=192 ...]
         [--members 1] [--k 10 12 15] [--out bench/runs/recipes]

@@ -54,6 +54,7 @@ def main() -> None:
     import keras
 
     from agerange.inference import age_in_group, group_probabilities, is_age_distribution
+    from agerange.metrics import exact_accuracy, mae_years, within_one
     from agerange.training.data import array_batches, load_split
 
     model = keras.models.load_model(args.model, compile=False)
@@ -79,11 +80,11 @@ def main() -> None:
     for names in combinations:
         mean = np.mean([outputs[name] for name in names], axis=0)
         groups = group_probabilities(mean).argmax(axis=1)
-        distance = np.abs(groups - val.groups)
-        mae = f"{np.mean(np.abs(age_in_group(mean, groups) - ages)):.2f}" if ages_head else "-"
+        exact, near = exact_accuracy(groups, val.groups), within_one(groups, val.groups)
+        mae = f"{mae_years(age_in_group(mean, groups), ages):.2f}" if ages_head else "-"
         cost = sum(seconds[name] for name in names)
-        print(f"| {' + '.join(names)} | {np.mean(distance == 0):.1%} | {np.mean(distance <= 1):.1%} | {mae} "
-              f"| {cost:.1f} | {cost / seconds[plain]:.2f}x |")  # fmt: skip
+        print(f"| {' + '.join(names)} | {exact:.1%} | {near:.1%} | {mae} | {cost:.1f} "
+              f"| {cost / seconds[plain]:.2f}x |")  # fmt: skip
     print(f"{len(val.groups)} validation chips at {size} px; argmax of the mean probabilities")
 
 

@@ -166,14 +166,14 @@ def validation_figures(model, val, config: TrainConfig) -> dict:
     """Exact, within one and (with the ages head) the answered age's MAE, the most likely group
     as the answer."""
     from agerange.inference import age_in_group, group_probabilities
+    from agerange.metrics import exact_accuracy, mae_years, within_one
     from agerange.training.data import array_batches
 
     outputs = model.predict(array_batches(val.chips.astype(np.float32), config.batch_size), verbose=0)
     groups = group_probabilities(outputs).argmax(axis=1)
-    distance = np.abs(groups - val.groups)
     ages = val.table["age"].to_numpy()
-    mae = float(np.mean(np.abs(age_in_group(outputs, groups) - ages))) if config.head == "ages" else None
-    return {"exact": float(np.mean(distance == 0)), "within one": float(np.mean(distance <= 1)),
+    mae = mae_years(age_in_group(outputs, groups), ages) if config.head == "ages" else None
+    return {"exact": exact_accuracy(groups, val.groups), "within one": within_one(groups, val.groups),
             "answered MAE": mae}  # fmt: skip
 
 

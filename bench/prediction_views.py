@@ -6,7 +6,12 @@ The most likely group is the answer (argmax), so the rows compare the views, not
 rule; the answered age's MAE is given for the ages head. Each view is a whole pass of the model,
 so k views cost about k times the plain pass: the seconds column measures it.
 
+With --with-model, another training's model (an earlier run's data/model/model.keras, or a
+registered version's `model/data/model.keras` artifact) is a view too: averaging two trainings
+is what a bigger ensemble would give, at the cost of a second training.
+
     python bench/prediction_views.py [--model data/model/model.keras] [--zoom-in 1.08] [--zoom-out 0.93]
+        [--with-model OTHER.keras]
 """
 
 import argparse
@@ -45,11 +50,15 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=Path("data/images"))
     parser.add_argument("--zoom-in", type=float, default=1.08)
     parser.add_argument("--zoom-out", type=float, default=0.93)
+    parser.add_argument("--with-model", type=Path, help="another training's model, averaged as a view")
     args = parser.parse_args()
     setup_logging()  # before TensorFlow is imported: it quiets the notices a CPU run prints
-    for path, made_by in ((args.model, "dvc repro train"), (args.splits, "dvc repro split")):
+    inputs = [(args.model, "`dvc repro train` writes it"), (args.splits, "`dvc repro split` writes it")]
+    if args.with_model:
+        inputs.append((args.with_model, "give another training's model"))
+    for path, hint in inputs:
         if not path.is_file():
-            fail(f"{path}: no such file (`{made_by}` writes it)")
+            fail(f"{path}: no such file ({hint})")
 
     import keras
 
@@ -62,19 +71,26 @@ def main() -> None:
     splits = pd.read_parquet(args.splits)
     val = load_split(splits[splits["split"] == "val"], args.images, size)
     chips = val.chips.astype(np.float32)
-    views = {
-        "plain": lambda: chips,
-        "mirror": lambda: chips[:, :, ::-1],
-        f"zoom in {args.zoom_in:g}": lambda: zoomed(chips, args.zoom_in),
-        f"zoom out {args.zoom_out:g}": lambda: zoomed(chips, args.zoom_out),
+    views = {  # name: (model, its input)
+        "plain": (model, lambda: chips),
+        "mirror": (model, lambda: chips[:, :, ::-1]),
+        f"zoom in {args.zoom_in:g}": (model, lambda: zoomed(chips, args.zoom_in)),
+        f"zoom out {args.zoom_out:g}": (model, lambda: zoomed(chips, args.zoom_out)),
     }
+    if args.with_model:
+        second = keras.models.load_model(args.with_model, compile=False)
+        views["other model"] = (second, lambda: chips)
+        views["other model mirror"] = (second, lambda: chips[:, :, ::-1])
     outputs, seconds = {}, {}
-    for name, view in views.items():
+    for name, (viewer, view) in views.items():
         started = time.monotonic()  # the view's own making counts: it is part of its cost
-        outputs[name] = model.predict(array_batches(view(), batch), verbose=0)
+        outputs[name] = viewer.predict(array_batches(view(), batch), verbose=0)
         seconds[name] = time.monotonic() - started
-    plain, mirror, zoom_in, zoom_out = views
+    plain, mirror, zoom_in, zoom_out = list(views)[:4]
     combinations = [[plain], [plain, mirror], [plain, zoom_in, zoom_out], [plain, mirror, zoom_in, zoom_out]]
+    if args.with_model:
+        other, other_mirror = list(views)[4:]
+        combinations += [[other], [plain, other], [plain, mirror, other, other_mirror]]
     ages, ages_head = val.table["age"].to_numpy(), is_age_distribution(outputs[plain])
     print("| views | exact | within one | answered MAE | seconds | x plain |\n|---|---|---|---|---|---|")
     for names in combinations:
@@ -85,7 +101,8 @@ def main() -> None:
         cost = sum(seconds[name] for name in names)
         print(f"| {' + '.join(names)} | {exact:.1%} | {near:.1%} | {mae} | {cost:.1f} "
               f"| {cost / seconds[plain]:.2f}x |")  # fmt: skip
-    print(f"{len(val.groups)} validation chips at {size} px; argmax of the mean probabilities")
+    print(f"{len(val.groups)} validation chips at {size} px; argmax of the mean probabilities"
+          + (f"; other model: {args.with_model}" if args.with_model else ""))  # fmt: skip
 
 
 if __name__ == "__main__":

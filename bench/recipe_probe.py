@@ -9,9 +9,9 @@ epochs of a longer one, so the greedy soup of the first k snapshots is exactly w
 `train.finetune_epochs: k` trains: each recipe is scored for every --k on validation, argmax
 (exact, within one, MAE of the answered age), from its members' soups and their ensemble. The
 largest k of the default recipe is the train stage's own model (members trained alone: see
---members). A recipe already trained in --out is scored again, not retrained: its time columns
-then come from that earlier run, and the table says when it ran (a training resumed after an
-interruption times only what it ran after it).
+--members). A recipe already trained in --out is scored again, not retrained (only validation is
+decoded for it): its time columns then come from that earlier run, and the table says when it
+ran (a training resumed after an interruption times only what it ran after it).
 
     python bench/recipe_probe.py --recipe unfreeze_layers=100 [--recipe image_size=192 ...]
         [--members 1] [--k 10 12 15] [--out bench/runs/recipes]
@@ -61,15 +61,20 @@ def main() -> None:
             fail(f"--k {max(ks)}: recipe {name} fine-tunes for {config.finetune_epochs} epochs only")
 
     from agerange.training import configure_device, stage_data
+    from agerange.training.data import load_split
 
     device = configure_device(default.mixed_precision, default.deterministic, default.threads)
     splits, train_rows = pd.read_parquet(args.splits), pd.read_parquet(args.train)
     rows = []
     for name, config in recipes.items():
-        data = stage_data(splits, train_rows, args.images, config.image_size, config.seed)
         folder = args.out / name
-        run = train_recipe(config, data, folder, device)
-        for figures in score_recipe(folder, config, data.val, ks):
+        run = trained_run(folder, config)
+        if run is None:
+            data = stage_data(splits, train_rows, args.images, config.image_size, config.seed)
+            run, val = train_recipe(config, data, folder, device), data.val
+        else:  # scored again: validation is all it needs
+            val = load_split(splits[splits["split"] == "val"], args.images, config.image_size)
+        for figures in score_recipe(folder, config, val, ks):
             rows.append({"recipe": name, **figures, "fine-tune s/epoch": run["finetune_seconds_per_epoch"],
                          "training s": round(run["seconds"]), "trained": run["trained"]})  # fmt: skip
     print_table(rows, max(ks))
@@ -84,17 +89,26 @@ def changed(config: TrainConfig, text: str) -> TrainConfig:
     return build(TrainConfig, {**dataclasses.asdict(config), **values}, f"--recipe {text!r}: train")
 
 
+def trained_run(folder: Path, config: TrainConfig) -> dict | None:
+    """The summary of `config`'s finished training in `folder`, None when it has not finished
+    there; stops with one line when `folder` holds a training of other settings."""
+    summary_file = folder / "run.json"
+    if not summary_file.is_file():
+        return None
+    run = json.loads(summary_file.read_text())
+    if run["config"] != dataclasses.asdict(config):
+        fail(f"{folder}: holds a training of other settings; give another --out")
+    return run
+
+
 def train_recipe(config: TrainConfig, data, folder: Path, device: dict) -> dict:
     """Train `config` like the train stage, keeping every member's epoch snapshots in `folder`
     (resumed there when interrupted; not trained again once finished). Returns the run's summary."""
     from agerange.training import stage_options, train_members
 
-    summary_file = folder / "run.json"
-    if summary_file.is_file():
-        run = json.loads(summary_file.read_text())
-        if run["config"] != dataclasses.asdict(config):
-            fail(f"{folder}: holds a training of other settings; give another --out")
-        return run
+    finished = trained_run(folder, config)
+    if finished is not None:
+        return finished
     ended: list[tuple[str, float]] = []  # (phase, when) after each epoch
     hook = lambda phase, epoch, metrics: ended.append((phase, time.monotonic()))  # noqa: E731
     options = stage_options(config, device, load_section("package"), folder / "checkpoints", hook)
@@ -108,7 +122,7 @@ def train_recipe(config: TrainConfig, data, folder: Path, device: dict) -> dict:
     }  # fmt: skip
     if config.ensemble_members == 1:  # an ensemble keeps its members' models itself
         result.model.save(folder / "model.keras")
-    with atomic_path(summary_file) as path:  # last: it marks the recipe as trained
+    with atomic_path(folder / "run.json") as path:  # last: it marks the recipe as trained
         write_json(run, path)
     return run
 

@@ -432,7 +432,7 @@ def test_a_recipe_scored_for_all_its_epochs_repeats_the_trainings_own_soups(mini
 
     from agerange.training import configure_device
     from agerange.training.soup import load_snapshots
-    from bench.recipe_probe import first_epochs, member_parts, score_recipe, train_recipe
+    from bench.recipe_probe import first_epochs, member_parts, score_recipe, train_recipe, trained_run
 
     data, size = mini_splits
     config = _tiny_config(
@@ -459,7 +459,9 @@ def test_a_recipe_scored_for_all_its_epochs_repeats_the_trainings_own_soups(mini
     runs = [(epoch, 0.5, []) for epoch in range(9, 15)]
     assert sorted(e for e, _, _ in first_epochs(runs, 2, 3)) == [9, 10, 12, 13]
 
-    # trained once: scored again without training; other settings in that folder are refused
+    # trained once: found without the training data, and not trained again; other settings in
+    # that folder are refused
+    assert trained_run(folder, config) == run and trained_run(tmp_path / "other", config) is None
     assert train_recipe(config, splits, folder, device) == run
     with pytest.raises(SystemExit):
         train_recipe(dataclasses.replace(config, dropout=0.3), splits, folder, device)

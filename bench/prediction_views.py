@@ -67,6 +67,10 @@ def main() -> None:
     from agerange.training.data import array_batches, load_split
 
     model = keras.models.load_model(args.model, compile=False)
+    second = keras.models.load_model(args.with_model, compile=False) if args.with_model else None
+    shapes = lambda network: (network.input.shape[1:], network.output.shape[1:])  # noqa: E731
+    if second is not None and shapes(second) != shapes(model):
+        fail(f"{args.with_model}: another input size or head than {args.model}'s; give a model like it")
     size, batch = int(model.input.shape[1]), load_section("train").batch_size
     splits = pd.read_parquet(args.splits)
     val = load_split(splits[splits["split"] == "val"], args.images, size)
@@ -77,8 +81,7 @@ def main() -> None:
         f"zoom in {args.zoom_in:g}": (model, lambda: zoomed(chips, args.zoom_in)),
         f"zoom out {args.zoom_out:g}": (model, lambda: zoomed(chips, args.zoom_out)),
     }
-    if args.with_model:
-        second = keras.models.load_model(args.with_model, compile=False)
+    if second is not None:
         views["other model"] = (second, lambda: chips)
         views["other model mirror"] = (second, lambda: chips[:, :, ::-1])
     outputs, seconds = {}, {}

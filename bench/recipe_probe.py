@@ -59,6 +59,7 @@ def main() -> None:
     for name, config in recipes.items():  # before anything trains
         if max(ks) > config.finetune_epochs:
             fail(f"--k {max(ks)}: recipe {name} fine-tunes for {config.finetune_epochs} epochs only")
+        trained_run(args.out / name, config)  # stops now when the folder holds other settings
 
     from agerange.training import configure_device, stage_data
     from agerange.training.data import load_split

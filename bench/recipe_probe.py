@@ -56,10 +56,11 @@ def main() -> None:
         if not path.exists():
             fail(f"{path}: no such file or folder (`dvc repro rebalance` writes the training inputs)")
     ks = args.k or [default.finetune_epochs]
+    finished = {}  # recipe: its finished run in --out, or None
     for name, config in recipes.items():  # before anything trains
         if max(ks) > config.finetune_epochs:
             fail(f"--k {max(ks)}: recipe {name} fine-tunes for {config.finetune_epochs} epochs only")
-        trained_run(args.out / name, config)  # stops now when the folder holds other settings
+        finished[name] = trained_run(args.out / name, config)  # stops now on a folder of other settings
 
     from agerange.training import configure_device, stage_data
     from agerange.training.data import load_split
@@ -68,8 +69,7 @@ def main() -> None:
     splits, train_rows = pd.read_parquet(args.splits), pd.read_parquet(args.train)
     rows = []
     for name, config in recipes.items():
-        folder = args.out / name
-        run = trained_run(folder, config)
+        folder, run = args.out / name, finished[name]
         if run is None:
             data = stage_data(splits, train_rows, args.images, config.image_size, config.seed)
             run, val = train_recipe(config, data, folder, device), data.val

@@ -7,11 +7,13 @@ in --out; a changed recipe is those settings with `--recipe key=value[,key=value
 constant learning rate and a seeded data order, a fine-tuning run of k epochs is the first k
 epochs of a longer one, so the greedy soup of the first k snapshots is exactly what
 `train.finetune_epochs: k` trains: each recipe is scored for every --k on validation, argmax
-(exact, within one, MAE of the answered age), from its members' soups and their ensemble. The
-largest k of the default recipe is the train stage's own model (members trained alone: see
---members). A recipe already trained in --out is scored again, not retrained (only validation is
-decoded for it): its time columns then come from that earlier run, and the table says when it
-ran (a training resumed after an interruption times only what it ran after it).
+(exact, within one, MAE of the answered age), from its members' soups and the ensemble of the
+first m of them for every m (`--members 3` also says what one and two members give). The
+largest k of the default recipe with all its members is the train stage's own model (members
+trained alone: see --members). A recipe already trained in --out is scored again, not
+retrained (only validation is decoded for it): its time columns then come from that earlier
+run, and the table says when it ran (a training resumed after an interruption times only what
+it ran after it).
 
     python bench/recipe_probe.py --recipe unfreeze_layers=100 [--recipe image_size=192 ...]
         [--members 1] [--k 10 12 15] [--out bench/runs/recipes]
@@ -144,8 +146,9 @@ def first_epochs(snapshots: list, k: int, epochs_per_run: int) -> list:
 
 
 def score_recipe(folder: Path, config: TrainConfig, val, ks: list[int]) -> list[dict]:
-    """For each k: every member's greedy soup of its first k fine-tuning epochs, and the
-    ensemble of those soups, on validation."""
+    """For each k: every member's greedy soup of its first k fine-tuning epochs, and for each m
+    the ensemble of the first m soups (what `ensemble_members: m` trains: the members' seeds do
+    not depend on how many there are), on validation."""
     import keras
 
     from agerange.model import ensemble_classifier, split_at_boundary
@@ -171,9 +174,11 @@ def score_recipe(folder: Path, config: TrainConfig, val, ks: list[int]) -> list[
             compile_for(top, config.finetune_learning_rate, False, config.age_loss_weight)
             kept = first_epochs(member_snapshots, k, config.finetune_epochs)
             soups.append(greedy_soup(top, kept, val_data))
-        ensemble = ensemble_classifier(models, shared_until=boundary)
-        rows.append({"k": k, "member soups": [round(soup["val_accuracy"], 4) for soup in soups],
-                     **validation_figures(ensemble, val, config)})  # fmt: skip
+        for members in range(1, len(models) + 1):
+            ensemble = ensemble_classifier(models[:members], shared_until=boundary)
+            rows.append({"k": k, "members": members,
+                         "member soups": [round(soup["val_accuracy"], 4) for soup in soups[:members]],
+                         **validation_figures(ensemble, val, config)})  # fmt: skip
     return rows
 
 
@@ -193,16 +198,19 @@ def validation_figures(model, val, config: TrainConfig) -> dict:
 
 
 def print_table(rows: list[dict], k: int) -> None:
-    """The rows as a markdown table, then each changed recipe against the default at `k` epochs."""
+    """The rows as a markdown table, then each changed recipe against the default at `k` epochs,
+    each with all its members."""
     formats = {"exact": "{:.1%}", "within one": "{:.1%}", "answered MAE": "{:.2f}"}
     header = list(rows[0])
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         cells = ["-" if row[key] is None else formats.get(key, "{}").format(row[key]) for key in header]
         print("| " + " | ".join(cells) + " |")
-    base = next(row for row in rows if row["recipe"] == "default" and row["k"] == k)
-    for row in rows:
-        if row["recipe"] == "default" or row["k"] != k:
+    most = {row["recipe"]: max(r["members"] for r in rows if r["recipe"] == row["recipe"]) for row in rows}
+    whole = [row for row in rows if row["k"] == k and row["members"] == most[row["recipe"]]]
+    base = next(row for row in whole if row["recipe"] == "default")
+    for row in whole:
+        if row["recipe"] == "default":
             continue
         epoch = row["fine-tune s/epoch"] / base["fine-tune s/epoch"] if base["fine-tune s/epoch"] else None
         print(

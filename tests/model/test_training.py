@@ -445,11 +445,16 @@ def test_a_recipe_scored_for_all_its_epochs_repeats_the_trainings_own_soups(mini
     parts = member_parts(folder, 2)
     assert [len(list(soup.glob("epoch_*.npz"))) for _, soup in parts] == [3, 3]  # kept, every epoch
 
-    every, first = score_recipe(folder, config, data["val"], [3, 1])
+    rows = score_recipe(folder, config, data["val"], [3, 1])
+    assert [(row["k"], row["members"]) for row in rows] == [(3, 1), (3, 2), (1, 1), (1, 2)]
+    alone, every, _, first = rows
     trained = [json.loads((model.parent / "result.json").read_text())["soup"] for model, _ in parts]
     assert every["member soups"] == [round(soup["val_accuracy"], 4) for soup in trained]
     assert every["exact"] == pytest.approx(run["soup"]["val_accuracy"], abs=1e-6)  # the ensemble's
     assert 0 < every["within one"] <= 1 and every["answered MAE"] > 0
+    # the first member alone: its own soup, as `ensemble_members: 1` would train it
+    assert alone["member soups"] == every["member soups"][:1]
+    assert alone["exact"] == pytest.approx(alone["member soups"][0], abs=1e-4)
     # with one epoch, each member's soup is its first fine-tuning epoch alone
     for (_, soup), accuracy in zip(parts, first["member soups"], strict=True):
         (snapshot,) = first_epochs(load_snapshots(soup), 1, 3)
